@@ -1,0 +1,159 @@
+"""The one checkpoint format: a safetensors file, never a pickle.
+
+Tensors:  model.<name>                 every parameter and buffer of the model
+          optim.<i>.<key>              the optimizer's per-parameter state (Adam: step, exp_avg, exp_avg_sq)
+Metadata (all JSON strings): format, config (the model config), train (training options), step,
+          optim (param-group hyper-parameters), metrics (latest training / evaluation figures), versions.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+from .models import build_model, make_config
+
+FORMAT = "vlae-fast/1"
+
+
+@dataclass
+class Checkpoint:
+    config: object  # the model config dataclass
+    model_state: dict[str, torch.Tensor]
+    optim_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    optim_meta: dict = field(default_factory=dict)
+    step: int = 0
+    train: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+
+def _optim_tensors(optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, torch.Tensor], dict]:
+    if optimizer is None:
+        return {}, {}
+    sd = optimizer.state_dict()
+    tensors = {}
+    for i, state in sd["state"].items():
+        for key, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"optim.{i}.{key}"] = t.detach().cpu().contiguous()
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None,
+                    step: int = 0, train: dict | None = None, metrics: dict | None = None) -> Path:
+    """Write model (+ optimizer) to `path` atomically: temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    optim_tensors, optim_meta = _optim_tensors(optimizer)
+    tensors.update(optim_tensors)
+    meta = {
+        "format": FORMAT,
+        "config": json.dumps(model.cfg.to_dict()),
+        "train": json.dumps(train or {}),
+        "step": str(int(step)),
+        "optim": json.dumps(optim_meta),
+        "metrics": json.dumps(metrics or {}),
+        "versions": json.dumps({"torch": torch.__version__}),
+    }
+    blob = st_save(tensors, metadata=meta)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(f"cannot write a checkpoint in {path.parent}: {e.strerror}; choose a writable --out") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _json(meta: dict, key: str, path: Path):
+    try:
+        return json.loads(meta[key])
+    except KeyError:
+        raise CheckpointError(f"{path}: metadata has no {key!r} entry; not a complete vlae-fast checkpoint") from None
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON; the file is corrupt") from None
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and validate a checkpoint file without building a model. Raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; pass the ckpt.safetensors written by `vlae train`")
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        tensors = st_load(blob)
+        # safetensors.torch.load drops the metadata; read it from the header (validated just above).
+        n = int.from_bytes(blob[:8], "little")
+        meta = json.loads(blob[8 : 8 + n]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, RuntimeError, OverflowError, MemoryError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable safetensors file ({msg}); it may be truncated or corrupt") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a vlae-fast checkpoint (format {meta.get('format')!r})")
+    try:
+        config = make_config(_json(meta, "config", path))
+        step = int(meta.get("step", "0"))
+    except (ConfigError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    optim_state = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
+    return Checkpoint(config, model_state, optim_state, _json(meta, "optim", path), step,
+                      _json(meta, "train", path), _json(meta, "metrics", path))
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Checkpoint]:
+    """Rebuild the model a checkpoint describes, load its weights strictly, move it to `device`."""
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt.config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(ckpt.model_state))
+    unexpected = sorted(set(ckpt.model_state) - set(expected))
+    wrong = [f"{k} {tuple(v.shape)}/{v.dtype} (expected {tuple(expected[k].shape)}/{expected[k].dtype})"
+             for k, v in ckpt.model_state.items()
+             if k in expected and (v.shape != expected[k].shape or v.dtype != expected[k].dtype)]
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}" if missing else "",
+                 f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}" if unexpected else "",
+                 f"wrong shape/dtype {wrong[:2]}" if wrong else ""]
+        raise CheckpointError(f"{path}: weights do not fit its {ckpt.config.model} config: "
+                              + "; ".join(p for p in parts if p))
+    model.load_state_dict(ckpt.model_state, strict=True)
+    return model.to(device), ckpt
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
+    """Restore the optimizer state saved by save_checkpoint (for resuming)."""
+    state: dict[int, dict] = {}
+    for key, t in ckpt.optim_state.items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = t
+    sd = {"state": state, "param_groups": ckpt.optim_meta.get("param_groups", optimizer.state_dict()["param_groups"])}
+    try:
+        optimizer.load_state_dict(sd)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"optimizer state in the checkpoint does not fit this model: {e}") from None

@@ -1,0 +1,60 @@
+"""Models by name. A checkpoint's config names its model; build_model rebuilds it from that dict."""
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import ConfigError
+from .vlae import VLAE, VLAEConfig
+
+REGISTRY: dict[str, tuple[type, type]] = {  # name -> (config class, model class)
+    "vlae": (VLAEConfig, VLAE),
+}
+
+
+def make_config(d: dict):
+    """Rebuild a model config from its dict (as stored in a checkpoint); ConfigError if it does not fit."""
+    name = d.get("model")
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; this version knows: {', '.join(sorted(REGISTRY))}")
+    cfg_cls = REGISTRY[name][0]
+    try:
+        return cfg_cls(**d)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid {name} config: {e}") from None
+
+
+def build_model(cfg) -> nn.Module:
+    return REGISTRY[cfg.model][1](cfg)
+
+
+
+
+# Per data set: image shape and default code width per level (authors' settings).
+DATASET_DEFAULTS: dict[str, dict] = {
+    "mnist": {"image_shape": (1, 28, 28), "layers": 3, "latent_dim": 2},
+}
+
+
+def default_config(dataset: str, model: str = "vlae", layers: int | None = None,
+                   latent_dims: list[int] | None = None, **overrides):
+    """The model config `vlae train <dataset>` uses: the data set's defaults, then the user's choices.
+
+    latent_dims: one width for every level, or one per level (bottom first).
+    """
+    if dataset not in DATASET_DEFAULTS:
+        raise ConfigError(f"unknown data set {dataset!r}; choose one of: {', '.join(sorted(DATASET_DEFAULTS))}")
+    if model not in REGISTRY:
+        raise ConfigError(f"unknown model {model!r}; choose one of: {', '.join(sorted(REGISTRY))}")
+    d = DATASET_DEFAULTS[dataset]
+    L = layers or (len(latent_dims) if latent_dims and len(latent_dims) > 1 else d["layers"])
+    if L < 1:
+        raise ConfigError(f"--layers must be at least 1; got {L}")
+    dims = latent_dims or [d["latent_dim"]]
+    if len(dims) == 1:
+        dims = dims * L
+    if len(dims) != L:
+        raise ConfigError(f"--latent-dim gives {len(dims)} widths for {L} levels; give one width or one per level")
+    return make_config({"model": model, "dataset": dataset, "image_shape": d["image_shape"],
+                        "latent_dims": dims, **overrides})
+
+__all__ = ["DATASET_DEFAULTS", "REGISTRY", "VLAE", "VLAEConfig", "build_model", "default_config", "make_config"]
