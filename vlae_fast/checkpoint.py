@@ -71,6 +71,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, optimizer: torch.opti
     except OSError as e:
         raise CheckpointError(f"cannot write a checkpoint in {path.parent}: {e.strerror}; choose a writable --out") from None
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()

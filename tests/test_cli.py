@@ -1,0 +1,81 @@
+"""Every command through Typer's runner on a tiny checkpoint; outputs decode; bad input -> one line, exit 2."""
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vlae_fast.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def grid_px(n_rows, n_cols, size=28, pad=2):
+    return (n_cols * (size + pad) + pad, n_rows * (size + pad) + pad)  # PIL size: (width, height)
+
+
+def test_train_writes_checkpoint_log_and_prints_elbo(tmp_path, mnist_dir):
+    r = run("train", "mnist", "--layers", "2", "--latent-dim", "2,3", "--steps", "2", "--batch-size", "20",
+            "--train-limit", "100", "--eval-limit", "40", "--data-dir", mnist_dir, "--out", tmp_path / "run",
+            "--no-progress", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "test ELBO" in r.output and "reconstruction error" in r.output
+    assert (tmp_path / "run" / "ckpt.safetensors").is_file() and (tmp_path / "run" / "metrics.jsonl").is_file()
+
+
+def test_sample_png_and_npz(tmp_path, tiny_ckpt):
+    r = run("sample", tiny_ckpt, "--n", 10, "--out", tmp_path / "s.png")
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "s.png").size == grid_px(3, 4)  # 10 images tile as 3 rows of 4
+    r = run("sample", tiny_ckpt, "--n", 5, "--out", tmp_path / "s.npz")
+    x = np.load(tmp_path / "s.npz")["x"]
+    assert x.shape == (5, 1, 28, 28) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+
+
+@pytest.mark.parametrize("layer", [1, 2, 3])
+def test_traverse_each_level(tmp_path, tiny_ckpt, layer):
+    r = run("traverse", tiny_ckpt, "--layer", layer, "--steps", 4, "--out", tmp_path / "t.png")
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "t.png").size == grid_px(4, 4)
+    run("traverse", tiny_ckpt, "--layer", layer, "--steps", 3, "--out", tmp_path / "t.npz")
+    assert np.load(tmp_path / "t.npz")["x"].shape == (3, 3, 1, 28, 28)
+
+
+def test_reconstruct_and_encode(tmp_path, tiny_ckpt, mnist_dir):
+    r = run("reconstruct", tiny_ckpt, "--n", 6, "--data-dir", mnist_dir, "--out", tmp_path / "r.png")
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "r.png").size == grid_px(2, 6)
+    r = run("encode", tiny_ckpt, "--split", "test", "--data-dir", mnist_dir, "--out", tmp_path / "c.npz")
+    assert r.exit_code == 0, r.output
+    codes = np.load(tmp_path / "c.npz")
+    assert [codes[f"z{l}"].shape for l in (1, 2, 3)] == [(10000, 2)] * 3
+    assert codes["labels"][:3].tolist() == [7, 2, 1]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["sample", "{tmp}/missing.safetensors"], "no checkpoint at"),
+    (["sample", "{tmp}/text.safetensors"], "not a readable safetensors file"),
+    (["sample", "{tmp}/trunc.safetensors"], "truncated or corrupt"),
+    (["sample", "{tmp}/other.safetensors"], "not a vlae-fast checkpoint"),
+    (["traverse", "{ckpt}", "--layer", "4"], "--layer must be between 1 and 3"),
+    (["traverse", "{ckpt}", "--layer", "0"], "--layer must be between 1 and 3"),
+    (["train", "cifar10"], "unknown data set 'cifar10'"),
+    (["encode", "{ckpt}", "--data-dir", "{tmp}"], "MNIST files missing"),
+    (["sample", "{ckpt}", "--out", "{tmp}/text.safetensors/x.png"], "cannot create folder"),
+    (["sample", "{ckpt}", "--out", "{tmp}/x.jpg"], "ending in .png or .npz"),
+])
+def test_bad_input_one_line_exit_2(tmp_path, tiny_ckpt, args, message):
+    from safetensors.torch import save_file
+    import torch
+
+    (tmp_path / "text.safetensors").write_text("plain text")
+    blob = tiny_ckpt.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(blob[:1000])
+    save_file({"w": torch.zeros(1)}, tmp_path / "other.safetensors")
+    r = runner.invoke(app, [a.format(tmp=tmp_path, ckpt=tiny_ckpt) for a in args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1  # one line, however long

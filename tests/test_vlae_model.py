@@ -1,0 +1,100 @@
+"""VLAE model: shapes, the ELBO's pieces (eq. 14), the ladder join, and learning on real MNIST."""
+import math
+
+import pytest
+import torch
+
+from vlae_fast.data import load_dataset
+from vlae_fast.kernels import ladder_linear_torch, reparam_kl_torch
+from vlae_fast.models import VLAE, VLAEConfig, default_config
+from vlae_fast.models.likelihood import neg_log_likelihood
+from vlae_fast.errors import ConfigError
+from vlae_fast.train import TrainConfig, batch_indices, kl_weight, train
+
+
+@pytest.mark.parametrize("dims,join", [((2, 2, 2), "concat"), ((3,), "concat"), ((2, 4, 1, 5), "gated_add")])
+def test_shapes(dims, join):
+    torch.manual_seed(0)
+    m = VLAE(VLAEConfig(latent_dims=dims, join=join))
+    x = torch.rand(5, 1, 28, 28)
+    out = m(x)
+    assert out.logits.shape == x.shape and out.recon.shape == (5,) and out.kl.shape == (5, len(dims))
+    assert [z.shape[1] for z in out.z] == list(dims)
+    mus, logvars = m.encode(x)
+    assert [mu.shape for mu in mus] == [lv.shape for lv in logvars] == [(5, d) for d in dims]
+    m.eval()
+    assert m.generate(m.prior_sample(3)).shape == (3, 1, 28, 28)
+
+
+def test_elbo_pieces_match_closed_forms():
+    """kl = KL(N(mu, sigma^2) || N(0, 1)) per level, recon = Gaussian -log density with the fixed sigma."""
+    torch.manual_seed(1)
+    m = VLAE(VLAEConfig()).eval()
+    x = torch.rand(4, 1, 28, 28)
+    eps = [torch.randn(4, d) for d in m.cfg.latent_dims]
+    out = m(x, eps=eps)
+    mus, logvars = m.encode(x)
+    for l, (mu, lv) in enumerate(zip(mus, logvars)):
+        sigma = (0.5 * lv).exp()
+        assert sigma.min() > 1e-3 and sigma.max() < 1.001 + 1e-6  # sigmoid(.) + 1e-3
+        q = torch.distributions.Normal(mu, sigma)
+        p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+        torch.testing.assert_close(out.kl[:, l], torch.distributions.kl_divergence(q, p).sum(1))
+        torch.testing.assert_close(out.z[l], mu + sigma * eps[l])
+    s = m.cfg.output_scale
+    assert s == pytest.approx(1 / math.sqrt(8))  # authors' loss 4 * SSE <=> 1 / (2 sigma^2) = 4
+    expect = -torch.distributions.Normal(out.logits.sigmoid(), s).log_prob(x).flatten(1).sum(1)
+    torch.testing.assert_close(out.recon, expect)
+
+
+def test_other_output_distributions():
+    x = torch.rand(3, 1, 4, 4)
+    logits = torch.randn(3, 1, 4, 4)
+    lap = -torch.distributions.Laplace(logits.sigmoid(), 0.25).log_prob(x).flatten(1).sum(1)
+    torch.testing.assert_close(neg_log_likelihood(x, logits, "laplace", 0.25), lap)
+    bce = torch.nn.functional.binary_cross_entropy(logits.sigmoid(), x, reduction="none").flatten(1).sum(1)
+    torch.testing.assert_close(neg_log_likelihood(x, logits, "bernoulli", None), bce, rtol=1e-4, atol=1e-4)
+
+
+def test_reference_ops():
+    torch.manual_seed(2)
+    a, b = torch.randn(7, 3, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64)
+    w, bias = torch.randn(4, 8, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    ref = torch.nn.functional.leaky_relu(torch.cat([a, b], 1) @ w.t() + bias, 0.1)
+    torch.testing.assert_close(ladder_linear_torch(a, b, w, bias, "leaky_relu"), ref)
+    with pytest.raises(ValueError, match="columns"):
+        ladder_linear_torch(a, b, w[:, :7])
+    mu, lv = torch.randn(6, 3), torch.randn(6, 3)
+    z, kl = reparam_kl_torch(mu, lv, torch.zeros(6, 3))
+    assert torch.equal(z, mu) and kl.shape == (6,)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="3 levels"):
+        default_config("mnist", layers=3, latent_dims=[2, 2])
+    with pytest.raises(ConfigError, match="output must be"):
+        default_config("mnist", output="poisson")
+    assert default_config("mnist", latent_dims=[2, 3, 4]).latent_dims == (2, 3, 4)
+    assert default_config("mnist", layers=2, latent_dims=[5]).latent_dims == (5, 5)
+
+
+def test_batches_and_warmup():
+    a = batch_indices(7, 1000, 100, seed=3, device="cpu")
+    assert torch.equal(a, batch_indices(7, 1000, 100, seed=3, device="cpu"))  # a pure function of (seed, step)
+    epoch = torch.cat([batch_indices(s, 1000, 100, 3, "cpu") for s in range(10)])
+    assert sorted(epoch.tolist()) == list(range(1000))  # one epoch visits each image once
+    assert kl_weight(0, 2000) == 0 and kl_weight(2000, 2000) == pytest.approx(1 - math.exp(-1))
+
+
+def test_loss_falls_on_real_mnist(tmp_path, mnist_dir):
+    cfg = TrainConfig(steps=40, batch_size=50, train_limit=400, eval_limit=200, data_dir=str(mnist_dir),
+                      save_every=0, log_every=5, lr=1e-3, device="cpu")
+    result = train(default_config("mnist"), cfg, tmp_path, show_progress=False)
+    import json
+
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    recon = [l["recon"] for l in lines if "recon" in l]
+    assert len(recon) == 8
+    assert sum(recon[-2:]) / 2 < 0.7 * sum(recon[:2]) / 2  # reconstruction improves clearly
+    assert math.isfinite(result["elbo"]) and result["images"] == 200
+    assert lines[-1]["test"]["elbo"] == pytest.approx(result["elbo"])
