@@ -30,3 +30,12 @@ except ImportError:  # pragma: no cover - exercised only on machines without Tri
 # Triton reads TRITON_INTERPRET when @triton.jit decorates a kernel, i.e. when this package is
 # imported; CPU tensors can reach the kernels only in that mode.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def kernel_out_dtype(dtype):
+    """The dtype a kernel should write for a `dtype` result. The interpreter has no bfloat16 of its own
+    and truncates float32 -> bfloat16 instead of rounding to nearest (compiled kernels round), so
+    there the kernels write float32 and the launcher rounds with torch: same values as on a GPU."""
+    import torch
+
+    return torch.float32 if INTERPRET and dtype == torch.bfloat16 else dtype

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._triton import HAVE_TRITON, INTERPRET, tl, triton
+from ._triton import HAVE_TRITON, INTERPRET, kernel_out_dtype, tl, triton
 
 LEAKY_SLOPE = 0.1  # LeakyReLU(0.1), as in the authors' code
 ACTIVATIONS = (None, "relu", "leaky_relu")
@@ -145,6 +145,7 @@ def _gemm(a: Tensor, wa: Tensor, out: Tensor, b: Tensor | None = None, wb: Tenso
         dot_dtype = tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
     # float32 operands: follow torch's own matmul setting, so the comparison with cuBLAS is fair
     precision = "tf32" if (dot_dtype == tl.float32 and a.is_cuda and torch.backends.cuda.matmul.allow_tf32) else "ieee"
+    bias = bias.contiguous() if bias is not None else None  # the epilogue reads bias[n] at n
     args = (a, b, wa, wb, bias if bias is not None else out, out, M, N, Ka, Kb,
             a.stride(0), a.stride(1), b.stride(0), b.stride(1),
             wa.stride(0), wa.stride(1), wb.stride(0), wb.stride(1), out.stride(0), out.stride(1))
@@ -167,9 +168,9 @@ class LadderLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None) -> Tensor:
         Da = a.shape[1]
-        out = torch.empty(a.shape[0], weight.shape[0], dtype=a.dtype, device=a.device)
+        out = torch.empty(a.shape[0], weight.shape[0], dtype=kernel_out_dtype(a.dtype), device=a.device)
         # weight[:, :Da]^T and weight[:, Da:]^T are strided views: no copy of the weight either
-        _gemm(a, weight[:, :Da].t(), out, b, weight[:, Da:].t(), bias, activation)
+        out = _gemm(a, weight[:, :Da].t(), out, b, weight[:, Da:].t(), bias, activation).to(a.dtype)
         ctx.save_for_backward(a, b, weight, out if activation is not None else None)
         ctx.activation, ctx.has_bias = activation, bias is not None
         return out
@@ -186,12 +187,14 @@ class LadderLinear(torch.autograd.Function):
             dy = dout
         da = db = dweight = dbias = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            dab = _gemm(dy, weight, torch.empty(a.shape[0], weight.shape[1], dtype=a.dtype, device=a.device))
+            dab = torch.empty(a.shape[0], weight.shape[1], dtype=kernel_out_dtype(a.dtype), device=a.device)
+            dab = _gemm(dy, weight, dab).to(a.dtype)
             da, db = dab[:, :Da], dab[:, Da:]  # d[a; b] = dy @ weight, split
         if ctx.needs_input_grad[2]:
-            dweight = torch.empty_like(weight)
+            dweight = torch.empty_like(weight, dtype=kernel_out_dtype(weight.dtype))
             _gemm(dy.t(), a, dweight[:, :Da])  # dWa = dy^T @ a
             _gemm(dy.t(), b, dweight[:, Da:])  # dWb = dy^T @ b
+            dweight = dweight.to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[3]:
             dbias = dy.sum(0)
         return da, db, dweight, dbias, None

@@ -25,7 +25,7 @@ No gradient flows to an explicit eps (it is noise).
 import torch
 from torch import Tensor
 
-from ._triton import tl, triton
+from ._triton import kernel_out_dtype, tl, triton
 
 
 def reparam_kl_torch(mu: Tensor, logvar: Tensor, eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -207,8 +207,9 @@ class ReparamKL(torch.autograd.Function):
         eps = tensors[2 * L :] if has_eps else mus  # mus stand in for the unread eps pointers
         B, Ds = mus[0].shape[0], [mu.shape[1] for mu in mus]
         seed = 0 if has_eps else int(torch.randint(0, 2**31 - 1, (1,)).item())  # torch.manual_seed repeats it
-        zs = tuple(torch.empty_like(mu) for mu in mus)
-        kl = torch.empty(B, L, dtype=mus[0].dtype, device=mus[0].device)
+        dtype, out_dtype = mus[0].dtype, kernel_out_dtype(mus[0].dtype)
+        zs = tuple(torch.empty_like(mu, dtype=out_dtype) for mu in mus)
+        kl = torch.empty(B, L, dtype=out_dtype, device=mus[0].device)
         block_ds, block_b, grid = _launch_config(B, Ds, mus[0].is_cuda)
         compute = tl.float64 if mus[0].dtype == torch.float64 else tl.float32
         offsets = _noise_offsets(B, Ds)
@@ -218,6 +219,7 @@ class ReparamKL(torch.autograd.Function):
                 L=L, BLOCK_B=block_b, BLOCK_DS=block_ds, HAS_EPS=has_eps, COMPUTE=compute,
                 num_warps=4 if max(block_ds) * block_b <= 4096 else 8,
             )
+        zs, kl = tuple(z.to(dtype) for z in zs), kl.to(dtype)  # no-ops except in the interpreter
         ctx.save_for_backward(*mus, *logvars, *(tensors[2 * L :] if has_eps else ()))
         ctx.launch = dict(L=L, has_eps=has_eps, seed=seed, Ds=tuple(Ds), offsets=offsets, block_ds=block_ds,
                           block_b=block_b, grid=grid, compute=compute)
@@ -232,8 +234,9 @@ class ReparamKL(torch.autograd.Function):
         eps = saved[2 * L :] if c["has_eps"] else mus
         dzs = tuple(g.contiguous() for g in grads[:L])  # autograd materialises unused outputs' grads as zeros
         dkl = grads[L].contiguous()
-        dmus = tuple(torch.empty_like(mu) for mu in mus)
-        dlogvars = tuple(torch.empty_like(lv) for lv in logvars)
+        out_dtype = kernel_out_dtype(mus[0].dtype)
+        dmus = tuple(torch.empty_like(mu, dtype=out_dtype) for mu in mus)
+        dlogvars = tuple(torch.empty_like(lv, dtype=out_dtype) for lv in logvars)
         B = mus[0].shape[0]
         if B > 0:
             _reparam_kl_bwd_kernel[(c["grid"],)](
@@ -241,6 +244,8 @@ class ReparamKL(torch.autograd.Function):
                 L=L, BLOCK_B=c["block_b"], BLOCK_DS=c["block_ds"], HAS_EPS=c["has_eps"], COMPUTE=c["compute"],
                 num_warps=4 if max(c["block_ds"]) * c["block_b"] <= 4096 else 8,
             )
+        dtype = mus[0].dtype
+        dmus, dlogvars = tuple(d.to(dtype) for d in dmus), tuple(d.to(dtype) for d in dlogvars)
         return (None, None, *dmus, *dlogvars, *((None,) * L if c["has_eps"] else ()))
 
 
