@@ -2,6 +2,7 @@
 the Triton path (interpreter on the CPU) against the PyTorch path with the same explicit noise."""
 import importlib
 import json
+import os
 import subprocess
 import sys
 
@@ -19,6 +20,9 @@ from vlae_fast.train import TrainConfig, train
 backend = importlib.import_module("vlae_fast.kernels.backend")
 op = importlib.import_module("vlae_fast.kernels.reparam_kl")
 
+# VLAE_TEST_GPU=1 on a CUDA machine: compiled kernels on GPU tensors; else the interpreter on the CPU
+DEVICE = torch.device("cuda" if os.environ.get("VLAE_TEST_GPU") and torch.cuda.is_available() else "cpu")
+
 
 @pytest.fixture(autouse=True)
 def restore_backend():
@@ -27,7 +31,7 @@ def restore_backend():
 
 
 def runs_triton(monkeypatch) -> bool:
-    """Whether reparam_kl on a CPU tensor launches the Triton kernel under the current setting."""
+    """Whether reparam_kl on a DEVICE tensor launches the Triton kernel under the current setting."""
     launches = []
     kernel = op._reparam_kl_fwd_kernel
 
@@ -37,14 +41,14 @@ def runs_triton(monkeypatch) -> bool:
             return kernel[grid]
 
     monkeypatch.setattr(op, "_reparam_kl_fwd_kernel", Spy())
-    K.reparam_kl(torch.zeros(2, 3), torch.zeros(2, 3))
+    K.reparam_kl(torch.zeros(2, 3, device=DEVICE), torch.zeros(2, 3, device=DEVICE))
     monkeypatch.setattr(op, "_reparam_kl_fwd_kernel", kernel)
     return bool(launches)
 
 
 def test_switch_picks_the_path(monkeypatch):
     monkeypatch.delenv("VLAE_KERNELS", raising=False)
-    assert K.get_backend() == "auto" and not runs_triton(monkeypatch)  # auto: reference for CPU tensors
+    assert K.get_backend() == "auto" and runs_triton(monkeypatch) is (DEVICE.type == "cuda")  # auto: Triton on CUDA only
     K.set_backend("triton")
     assert runs_triton(monkeypatch)
     with K.use_backend("torch"):
@@ -87,7 +91,7 @@ def tiny_run(tmp_path, mnist_dir, kernels: str) -> tuple[list[dict], dict]:
     """3 steps of a narrow 3-level VLAE (concat joins through ladder_linear) with seeded explicit noise."""
     mcfg = VLAEConfig(latent_dims=(2, 2, 3), channels=(4, 8), hidden=32, join="concat")
     tcfg = TrainConfig(steps=3, batch_size=20, train_limit=40, eval_limit=20, log_every=1, save_every=0,
-                       data_dir=str(mnist_dir), device="cpu", kernels=kernels, noise_seed=123)
+                       data_dir=str(mnist_dir), device=DEVICE.type, kernels=kernels, noise_seed=123)
     out = tmp_path / kernels
     train(mcfg, tcfg, out, show_progress=False)
     lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
@@ -116,9 +120,9 @@ def test_training_on_triton_matches_torch(tmp_path, mnist_dir):
 def test_model_gradients_match_in_float64():
     """The tight check: one forward/backward of the whole model, every gradient, triton vs torch."""
     torch.manual_seed(0)
-    model = VLAE(VLAEConfig(latent_dims=(2, 2, 3), channels=(4, 8), hidden=32, join="concat")).double()
-    x = torch.rand(20, 1, 28, 28, dtype=torch.float64)
-    eps = [torch.randn(20, d, dtype=torch.float64) for d in (2, 2, 3)]
+    model = VLAE(VLAEConfig(latent_dims=(2, 2, 3), channels=(4, 8), hidden=32, join="concat")).double().to(DEVICE)
+    x = torch.rand(20, 1, 28, 28, dtype=torch.float64, device=DEVICE)
+    eps = [torch.randn(20, d, dtype=torch.float64, device=DEVICE) for d in (2, 2, 3)]
     grads = {}
     for name in ("torch", "triton"):
         with K.use_backend(name):

@@ -3,10 +3,15 @@
 Values and all four gradients, float64 reference on upcast copies of the same inputs, random upstream
 gradients, odd sizes with Da != Db, non-contiguous inputs, gradcheck, and no torch.cat on the way.
 """
+import os
+
 import pytest
 import torch
 
 from vlae_fast.kernels import ladder_linear_torch, ladder_linear_triton
+
+# VLAE_TEST_GPU=1 on a CUDA machine: compiled kernels on GPU tensors; else the interpreter on the CPU
+DEVICE = torch.device("cuda" if os.environ.get("VLAE_TEST_GPU") and torch.cuda.is_available() else "cpu")
 
 TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-4, 1e-5)}  # (atol, rtol)
 # bfloat16: the error of a length-K dot product grows with K, so a fixed tolerance is either loose or
@@ -19,7 +24,7 @@ def make_inputs(B, Da, Db, N, dtype, seed):
     b = torch.randn(B, Db, generator=g, dtype=torch.float64) - 0.2
     weight = torch.randn(N, Da + Db, generator=g, dtype=torch.float64) / (Da + Db) ** 0.5
     bias = torch.randn(N, generator=g, dtype=torch.float64) * 0.1
-    return [t.to(dtype) for t in (a, b, weight, bias)]
+    return [t.to(DEVICE, dtype) for t in (a, b, weight, bias)]
 
 
 def check(a, b, weight, bias, activation, dtype, seed=0):
@@ -28,7 +33,7 @@ def check(a, b, weight, bias, activation, dtype, seed=0):
     out = ladder_linear_triton(*mine, activation)
     want = ladder_linear_torch(*ref, activation)
     assert out.dtype == dtype and out.shape == want.shape
-    dout = torch.randn(want.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    dout = torch.randn(want.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(DEVICE)
     got = [out, *torch.autograd.grad(out, [t for t in mine if t is not None], dout.to(dtype))]
     exp = [want, *torch.autograd.grad(want, [t for t in ref if t is not None], dout)]
     names = ["out"] + [f"d{n}" for n, t in zip(("a", "b", "weight", "bias"), mine) if t is not None]
@@ -63,6 +68,7 @@ def test_non_contiguous_inputs():
     b = torch.randn(37, 26, generator=g, dtype=torch.float64)[:, ::2]  # [37, 13], every other column
     weight = torch.randn(22, 11, generator=g, dtype=torch.float64).t()  # [11, 22] column-major
     bias = torch.randn(22, generator=g, dtype=torch.float64)[::2]  # [11], stride 2
+    a, b, weight, bias = (t.to(DEVICE) for t in (a, b, weight, bias))  # .to keeps the strides
     assert not any(t.is_contiguous() for t in (a, b, weight, bias))
     check(a, b, weight, bias, "leaky_relu", torch.float64)
 

@@ -5,12 +5,15 @@ The reference always runs in float64 on upcast copies of the same inputs; each s
 tensors; upstream gradients are random, not all ones.
 """
 import importlib
+import os
 
 import pytest
 import torch
 
 from vlae_fast.kernels import reparam_kl as reparam_kl_dispatch
 from vlae_fast.kernels import reparam_kl_multi_torch, reparam_kl_multi_triton, reparam_kl_torch, reparam_kl_triton
+# VLAE_TEST_GPU=1 on a CUDA machine: compiled kernels on GPU tensors; else the interpreter on the CPU
+DEVICE = torch.device("cuda" if os.environ.get("VLAE_TEST_GPU") and torch.cuda.is_available() else "cpu")
 op = importlib.import_module("vlae_fast.kernels.reparam_kl")  # the module: the package's `reparam_kl` is the op
 
 TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 2e-2)}  # dtype -> (atol, rtol)
@@ -22,7 +25,7 @@ def make_inputs(B: int, Ds: list[int], dtype: torch.dtype, seed: int):
     mus = [(torch.randn(B, D, generator=g, dtype=torch.float64) + 0.5).to(dtype) for D in Ds]
     logvars = [(torch.rand(B, D, generator=g, dtype=torch.float64) * -4.0 - 0.01).to(dtype) for D in Ds]
     eps = [torch.randn(B, D, generator=g, dtype=torch.float64).to(dtype) for D in Ds]
-    return mus, logvars, eps
+    return [[t.to(DEVICE) for t in ts] for ts in (mus, logvars, eps)]
 
 
 def leaves(ts, dtype=None):
@@ -41,8 +44,8 @@ def check_against_reference(mus, logvars, eps, dtype, seed=0):
         torch.testing.assert_close(z.double(), r, atol=atol, rtol=rtol)
     torch.testing.assert_close(kl.double(), klr, atol=atol, rtol=rtol)
     g = torch.Generator().manual_seed(seed + 1)
-    dzs = [torch.randn(z.shape, generator=g, dtype=torch.float64) for z in zs]
-    dkl = torch.randn(kl.shape, generator=g, dtype=torch.float64)
+    dzs = [torch.randn(z.shape, generator=g, dtype=torch.float64).to(DEVICE) for z in zs]
+    dkl = torch.randn(kl.shape, generator=g, dtype=torch.float64).to(DEVICE)
     got = torch.autograd.grad([*zs, kl], [*m1, *v1], [d.to(dtype) for d in dzs] + [dkl.to(dtype)])
     want = torch.autograd.grad([*zr, klr], [*m2, *v2], dzs + [dkl])
     for a, b in zip(got, want):
@@ -91,6 +94,7 @@ def test_non_contiguous_inputs():
     mu = torch.randn(129, 37, generator=g, dtype=torch.float64).t()  # [37, 129], column-major
     logvar = (-torch.rand(37, 258, generator=g, dtype=torch.float64))[:, ::2]  # every other column
     eps = torch.randn(129, 37, generator=g, dtype=torch.float64).t()
+    mu, logvar, eps = mu.to(DEVICE), logvar.to(DEVICE), eps.to(DEVICE)  # .to keeps the strides
     assert not (mu.is_contiguous() or logvar.is_contiguous() or eps.is_contiguous())
     check_against_reference([mu], [logvar], [eps], torch.float64)
 
@@ -107,7 +111,7 @@ def test_gradcheck():
 
 
 def test_in_kernel_noise_repeats_with_the_seed_and_is_standard_normal():
-    mu, logvar = torch.zeros(256, 1024), torch.zeros(256, 1024)  # z = eps exactly
+    mu, logvar = torch.zeros(256, 1024, device=DEVICE), torch.zeros(256, 1024, device=DEVICE)  # z = eps exactly
     torch.manual_seed(5)
     z1, kl = reparam_kl_triton(mu, logvar)
     torch.manual_seed(5)
@@ -122,7 +126,7 @@ def test_in_kernel_noise_repeats_with_the_seed_and_is_standard_normal():
 
 
 def test_levels_get_different_noise():
-    zs, _ = reparam_kl_multi_triton([torch.zeros(64, 64)] * 2, [torch.zeros(64, 64)] * 2)
+    zs, _ = reparam_kl_multi_triton([torch.zeros(64, 64, device=DEVICE)] * 2, [torch.zeros(64, 64, device=DEVICE)] * 2)
     assert not torch.equal(zs[0], zs[1])
 
 
