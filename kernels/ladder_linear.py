@@ -114,7 +114,7 @@ if HAVE_TRITON and not INTERPRET:  # autotuning times configs on the GPU; the in
             for bm, bn, bk, w, s in [(32, 64, 64, 4, 4), (64, 64, 64, 4, 4), (64, 128, 32, 4, 4),
                                      (128, 128, 32, 8, 3), (128, 64, 64, 4, 4), (32, 128, 64, 4, 3)]
         ],
-        key=["M", "N", "Ka", "Kb", "DOT_DTYPE"],
+        key=["M", "N", "Ka", "Kb"],  # the autotuner adds the tensors' dtypes to the key itself
     )(_ladder_linear_kernel)
 
 
@@ -133,8 +133,8 @@ def _gemm(a: Tensor, wa: Tensor, out: Tensor, b: Tensor | None = None, wb: Tenso
         Kb = b.shape[1]
     if M == 0 or N == 0:
         return out
-    if Ka + Kb == 0:
-        return out.copy_(apply_activation(bias.expand(M, N), activation) if bias is not None else out.zero_())
+    if Ka + Kb == 0:  # no inputs: out = act(bias), or 0
+        return out.copy_(apply_activation(bias.expand(M, N), activation)) if bias is not None else out.zero_()
     dtype = a.dtype
     acc_dtype = tl.float64 if dtype == torch.float64 else tl.float32
     if dtype == torch.float64:
