@@ -26,6 +26,7 @@ err = Console(stderr=True)
 
 CKPT = typer.Argument(..., help="A ckpt.safetensors written by `vlae train`.", show_default=False)
 DEVICE = typer.Option("auto", help="auto (cuda if available), cpu or cuda[:N].")
+KERNELS = typer.Option(None, help="Fused ops: auto (Triton on CUDA, PyTorch elsewhere), triton or torch; default $VLAE_KERNELS, else auto.")
 DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the data set's files (else $VLAE_DATA_DIR, else the user cache).")
 
 
@@ -61,6 +62,7 @@ def train(
     join: str = typer.Option("concat", help="Ladder join: concat (eq. 11) or gated_add (authors' MNIST code)."),
     seed: int = typer.Option(0, help="Random seed (weights, noise, data order)."),
     device: str = DEVICE,
+    kernels: Optional[str] = KERNELS,
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<dataset>-<model>-<timestamp>)."),
     data_dir: Optional[Path] = DATA_DIR,
     save_every: int = typer.Option(TrainConfig.save_every, help="Steps between checkpoints (0 = only at the end)."),
@@ -75,7 +77,7 @@ def train(
         mcfg = default_config(dataset, model, layers, parse_dims(latent_dim), output=output, join=join)
         tcfg = TrainConfig(dataset=dataset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed,
                            device=device, save_every=save_every, data_dir=str(data_dir) if data_dir else None,
-                           train_limit=train_limit, eval_limit=eval_limit)
+                           train_limit=train_limit, eval_limit=eval_limit, kernels=kernels)
         run_dir = out_dir or Path("runs") / f"{dataset}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
         result = run_training(mcfg, tcfg, run_dir, show_progress=progress)
     except VlaeError as e:

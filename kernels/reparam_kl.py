@@ -9,12 +9,23 @@ Vector-Jacobian products (dz, dkl upstream; dkl is [B], broadcast along j):
     dmu     = dz + dkl * mu
     dlogvar = dz * 0.5 * sigma * eps + dkl * 0.5 * (exp(logvar) - 1)
 
-This file holds the plain-PyTorch reference; autograd derives the VJPs above.
-"""
-from __future__ import annotations
+Layout (as Liger-Kernel's op files): the plain-PyTorch references (autograd derives their VJPs),
+then the Triton kernels, their launchers, and one torch.autograd.Function that serves both public
+ops: reparam_kl is reparam_kl_multi with one level.
 
+The fused path, for L levels of widths D_1..D_L over one batch of B rows, in ONE launch each way:
+    forward : reads mu_l, logvar_l (and eps_l if given), writes z_l and kl[:, l]
+    backward: reads mu_l, logvar_l, dz_l, dkl (and eps_l), writes dmu_l, dlogvar_l
+With eps=None the noise is Philox noise drawn inside the kernel from a seed taken from torch's
+default generator (so torch.manual_seed repeats it) and regenerated in the backward pass from that
+seed: no noise tensor is ever stored. eps_l[i, j] = randn(seed, offset_l + i * D_l + j), with
+offset_l = B * (D_1 + ... + D_{l-1}), so every element of every level gets its own stream position.
+No gradient flows to an explicit eps (it is noise).
+"""
 import torch
 from torch import Tensor
+
+from ._triton import kernel_out_dtype, tl, triton
 
 
 def reparam_kl_torch(mu: Tensor, logvar: Tensor, eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -49,3 +60,212 @@ def reparam_kl_multi_torch(
         zs.append(z)
         kls.append(kl)
     return zs, torch.stack(kls, dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernels. Pointer tuples hold one entry per level; every tensor is contiguous [B, D_l].
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _reparam_kl_fwd_kernel(
+    mu_ptrs,  # L x [B, D_l] posterior means
+    logvar_ptrs,  # L x [B, D_l] log variances, logvar = log sigma^2
+    eps_ptrs,  # L x [B, D_l] explicit noise (read only if HAS_EPS)
+    z_ptrs,  # L x [B, D_l] out: z = mu + sigma * eps
+    kl_ptr,  # [B, L] out: kl[i, l] = 0.5 * sum_j (mu^2 + sigma^2 - 1 - logvar)
+    Ds,  # L ints: the widths D_l
+    noise_offsets,  # L ints: offset_l, the first Philox position of level l
+    B,  # rows
+    seed,  # Philox seed (in-kernel noise only)
+    L: tl.constexpr,  # levels
+    BLOCK_B: tl.constexpr,  # rows per program
+    BLOCK_DS: tl.constexpr,  # L powers of two: columns per step for each level
+    HAS_EPS: tl.constexpr,  # eps given (else drawn in the kernel)
+    COMPUTE: tl.constexpr,  # float32, or float64 for float64 inputs
+):
+    """One program instance: rows [pid * BLOCK_B, (pid + 1) * BLOCK_B) of every level."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    for l in tl.static_range(L):
+        D = Ds[l]
+        BLOCK_D: tl.constexpr = BLOCK_DS[l]
+        kl = tl.zeros([BLOCK_B], dtype=COMPUTE)
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + tl.arange(0, BLOCK_D)
+            mask = row_ok[:, None] & (cols < D)[None, :]
+            offs = rows[:, None] * D + cols[None, :]  # [BLOCK_B, BLOCK_D] element index in level l
+            mu = tl.load(mu_ptrs[l] + offs, mask=mask, other=0.0).to(COMPUTE)
+            logvar = tl.load(logvar_ptrs[l] + offs, mask=mask, other=0.0).to(COMPUTE)
+            if HAS_EPS:
+                eps = tl.load(eps_ptrs[l] + offs, mask=mask, other=0.0).to(COMPUTE)
+            else:
+                eps = tl.randn(seed, noise_offsets[l] + offs).to(COMPUTE)
+            sigma = tl.exp(0.5 * logvar)
+            z = mu + sigma * eps
+            tl.store(z_ptrs[l] + offs, z.to(z_ptrs[l].dtype.element_ty), mask=mask)
+            kl_terms = mu * mu + sigma * sigma - 1.0 - logvar  # zero where masked: 0 + 1 - 1 - 0
+            kl += tl.sum(tl.where(mask, kl_terms, 0.0), axis=1)
+        tl.store(kl_ptr + rows * L + l, (0.5 * kl).to(kl_ptr.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
+def _reparam_kl_bwd_kernel(
+    mu_ptrs,  # L x [B, D_l]
+    logvar_ptrs,  # L x [B, D_l]
+    eps_ptrs,  # L x [B, D_l] explicit noise (read only if HAS_EPS)
+    dz_ptrs,  # L x [B, D_l] upstream gradient of z_l
+    dkl_ptr,  # [B, L] upstream gradient of kl
+    dmu_ptrs,  # L x [B, D_l] out: dmu = dz + dkl * mu
+    dlogvar_ptrs,  # L x [B, D_l] out: dlogvar = dz * 0.5 * sigma * eps + dkl * 0.5 * (sigma^2 - 1)
+    Ds,  # L ints
+    noise_offsets,  # L ints, as in the forward pass
+    B,
+    seed,  # the forward pass's seed: the same noise is regenerated
+    L: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_DS: tl.constexpr,
+    HAS_EPS: tl.constexpr,
+    COMPUTE: tl.constexpr,
+):
+    """One program instance: the gradients of rows [pid * BLOCK_B, (pid + 1) * BLOCK_B) of every level."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    for l in tl.static_range(L):
+        D = Ds[l]
+        BLOCK_D: tl.constexpr = BLOCK_DS[l]
+        dkl = tl.load(dkl_ptr + rows * L + l, mask=row_ok, other=0.0).to(COMPUTE)[:, None]  # [BLOCK_B, 1]
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + tl.arange(0, BLOCK_D)
+            mask = row_ok[:, None] & (cols < D)[None, :]
+            offs = rows[:, None] * D + cols[None, :]
+            mu = tl.load(mu_ptrs[l] + offs, mask=mask, other=0.0).to(COMPUTE)
+            logvar = tl.load(logvar_ptrs[l] + offs, mask=mask, other=0.0).to(COMPUTE)
+            dz = tl.load(dz_ptrs[l] + offs, mask=mask, other=0.0).to(COMPUTE)
+            if HAS_EPS:
+                eps = tl.load(eps_ptrs[l] + offs, mask=mask, other=0.0).to(COMPUTE)
+            else:
+                eps = tl.randn(seed, noise_offsets[l] + offs).to(COMPUTE)
+            sigma = tl.exp(0.5 * logvar)
+            dmu = dz + dkl * mu
+            dlogvar = 0.5 * (dz * sigma * eps + dkl * (sigma * sigma - 1.0))
+            tl.store(dmu_ptrs[l] + offs, dmu.to(dmu_ptrs[l].dtype.element_ty), mask=mask)
+            tl.store(dlogvar_ptrs[l] + offs, dlogvar.to(dlogvar_ptrs[l].dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+MAX_ELEMENTS = 2**31 - 1  # Philox positions and element offsets are 32-bit
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _launch_config(B: int, Ds: list[int], on_gpu: bool) -> tuple[tuple[int, ...], int, int]:
+    """(BLOCK_DS, BLOCK_B, grid size). A program covers BLOCK_B rows of every level in tiles of about
+    4096 elements on a GPU; the interpreter pays ~2 ms per program, so it gets 16x larger tiles."""
+    tile = 4096 if on_gpu else 65536
+    block_ds = tuple(min(triton.next_power_of_2(D), 1024 if on_gpu else 4096) for D in Ds)
+    block_b = max(1, min(triton.next_power_of_2(B), tile // max(block_ds)))
+    return block_ds, block_b, triton.cdiv(B, block_b)
+
+
+def _check_levels(mus: list[Tensor], logvars: list[Tensor], eps: list[Tensor] | None) -> None:
+    if len(mus) == 0 or len(mus) != len(logvars) or (eps is not None and len(eps) != len(mus)):
+        raise ValueError(f"mus, logvars (and eps) need one entry per level; got {len(mus)}, {len(logvars)}"
+                         + ("" if eps is None else f", {len(eps)}"))
+    B, dtype, device = mus[0].shape[0] if mus[0].dim() == 2 else -1, mus[0].dtype, mus[0].device
+    for l, (mu, logvar) in enumerate(zip(mus, logvars)):
+        if mu.dim() != 2 or mu.shape != logvar.shape or mu.shape[0] != B:
+            raise ValueError(f"level {l}: mu and logvar must both be [B, D] with the same B on every level; "
+                             f"got {tuple(mu.shape)} and {tuple(logvar.shape)} (B = {B})")
+        if eps is not None and eps[l].shape != mu.shape:
+            raise ValueError(f"level {l}: eps must match mu's shape {tuple(mu.shape)}; got {tuple(eps[l].shape)}")
+        tensors = (mu, logvar) if eps is None else (mu, logvar, eps[l])
+        if any(t.dtype != dtype or t.device != device for t in tensors):
+            raise ValueError(f"level {l}: every input must be {dtype} on {device} like level 0's mu; got "
+                             + ", ".join(f"{t.dtype} on {t.device}" for t in tensors))
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"reparam_kl needs floating-point inputs {FLOAT_DTYPES}; got {dtype}")
+    if B * sum(mu.shape[1] for mu in mus) > MAX_ELEMENTS:
+        raise ValueError(f"the fused reparam_kl handles at most {MAX_ELEMENTS} elements per call (32-bit offsets); "
+                         "split the batch")
+
+
+def _noise_offsets(B: int, Ds: list[int]) -> tuple[int, ...]:
+    offsets, total = [], 0
+    for D in Ds:
+        offsets.append(total)
+        total += B * D
+    return tuple(offsets)
+
+
+class ReparamKL(torch.autograd.Function):
+    """z_l, kl for L levels: apply(L, has_eps, *mus, *logvars, *eps) -> (*zs, kl [B, L])."""
+
+    @staticmethod
+    def forward(ctx, L: int, has_eps: bool, *tensors: Tensor):
+        tensors = tuple(t.contiguous() for t in tensors)  # kernels index rows as i * D_l + j
+        mus, logvars = tensors[:L], tensors[L : 2 * L]
+        eps = tensors[2 * L :] if has_eps else mus  # mus stand in for the unread eps pointers
+        B, Ds = mus[0].shape[0], [mu.shape[1] for mu in mus]
+        seed = 0 if has_eps else int(torch.randint(0, 2**31 - 1, (1,)).item())  # torch.manual_seed repeats it
+        dtype, out_dtype = mus[0].dtype, kernel_out_dtype(mus[0].dtype)
+        zs = tuple(torch.empty_like(mu, dtype=out_dtype) for mu in mus)
+        kl = torch.empty(B, L, dtype=out_dtype, device=mus[0].device)
+        block_ds, block_b, grid = _launch_config(B, Ds, mus[0].is_cuda)
+        compute = tl.float64 if mus[0].dtype == torch.float64 else tl.float32
+        offsets = _noise_offsets(B, Ds)
+        if B > 0:
+            _reparam_kl_fwd_kernel[(grid,)](
+                mus, logvars, eps, zs, kl, tuple(Ds), offsets, B, seed,
+                L=L, BLOCK_B=block_b, BLOCK_DS=block_ds, HAS_EPS=has_eps, COMPUTE=compute,
+                num_warps=4 if max(block_ds) * block_b <= 4096 else 8,
+            )
+        zs, kl = tuple(z.to(dtype) for z in zs), kl.to(dtype)  # no-ops except in the interpreter
+        ctx.save_for_backward(*mus, *logvars, *(tensors[2 * L :] if has_eps else ()))
+        ctx.launch = dict(L=L, has_eps=has_eps, seed=seed, Ds=tuple(Ds), offsets=offsets, block_ds=block_ds,
+                          block_b=block_b, grid=grid, compute=compute)
+        return (*zs, kl)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        c = ctx.launch
+        L = c["L"]
+        saved = ctx.saved_tensors
+        mus, logvars = saved[:L], saved[L : 2 * L]
+        eps = saved[2 * L :] if c["has_eps"] else mus
+        dzs = tuple(g.contiguous() for g in grads[:L])  # autograd materialises unused outputs' grads as zeros
+        dkl = grads[L].contiguous()
+        out_dtype = kernel_out_dtype(mus[0].dtype)
+        dmus = tuple(torch.empty_like(mu, dtype=out_dtype) for mu in mus)
+        dlogvars = tuple(torch.empty_like(lv, dtype=out_dtype) for lv in logvars)
+        B = mus[0].shape[0]
+        if B > 0:
+            _reparam_kl_bwd_kernel[(c["grid"],)](
+                mus, logvars, eps, dzs, dkl, dmus, dlogvars, c["Ds"], c["offsets"], B, c["seed"],
+                L=L, BLOCK_B=c["block_b"], BLOCK_DS=c["block_ds"], HAS_EPS=c["has_eps"], COMPUTE=c["compute"],
+                num_warps=4 if max(c["block_ds"]) * c["block_b"] <= 4096 else 8,
+            )
+        dtype = mus[0].dtype
+        dmus, dlogvars = tuple(d.to(dtype) for d in dmus), tuple(d.to(dtype) for d in dlogvars)
+        return (None, None, *dmus, *dlogvars, *((None,) * L if c["has_eps"] else ()))
+
+
+def reparam_kl_multi_triton(
+    mus: list[Tensor], logvars: list[Tensor], eps: list[Tensor] | None = None
+) -> tuple[list[Tensor], Tensor]:
+    """Fused reparam_kl_multi: every level in one kernel launch (and one in backward).
+
+    mus[l], logvars[l]: [B, D_l] of one dtype and device (widths may differ); eps: a matching list,
+    or None for in-kernel Philox noise. Returns the list of z_l [B, D_l] and kl [B, L] (column l =
+    level l's KL), in the inputs' dtype; arithmetic is float32 (float64 for float64 inputs).
+    Non-contiguous inputs are copied to contiguous ones first.
+    """
+    _check_levels(mus, logvars, eps)
+    L = len(mus)
+    out = ReparamKL.apply(L, eps is not None, *mus, *logvars, *(eps if eps is not None else ()))
+    return list(out[:L]), out[L]
+
+
+def reparam_kl_triton(mu: Tensor, logvar: Tensor, eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Fused reparam_kl: z [B, D] and kl [B] in one kernel pass (the one-level case of the multi op)."""
+    zs, kl = reparam_kl_multi_triton([mu], [logvar], None if eps is None else [eps])
+    return zs[0], kl[:, 0]

@@ -16,6 +16,7 @@ from torch import nn
 from .checkpoint import save_checkpoint
 from .data import ImageSet, load_dataset
 from .errors import ConfigError
+from .kernels import set_backend
 from .models import build_model
 from .progress import progress_bar
 
@@ -34,6 +35,8 @@ class TrainConfig:
     data_dir: str | None = None
     train_limit: int | None = None  # use only the first N training images (quick runs, tests)
     eval_limit: int | None = None  # evaluate on only the first N test images
+    kernels: str | None = None  # auto | triton | torch; None = keep the library's choice ($VLAE_KERNELS, else auto)
+    noise_seed: int | None = None  # draw the training noise eps on the CPU from this seed, the same on every kernel path
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,6 +103,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     except OSError as e:
         raise ConfigError(f"--out {out_dir}: cannot write there ({e.strerror}); choose another folder") from None
     device = resolve_device(cfg.device)
+    if cfg.kernels is not None:
+        set_backend(cfg.kernels)  # ConfigError for an unknown name, or triton where it is missing
     torch.manual_seed(cfg.seed)
 
     train_set = load_dataset(cfg.dataset, "train", cfg.data_dir)
@@ -122,6 +127,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     log = open(out_dir / "metrics.jsonl", "a")
     ckpt_path = out_dir / "ckpt.safetensors"
     last: dict = {}
+    noise = None if cfg.noise_seed is None else torch.Generator().manual_seed(cfg.noise_seed)
     t0 = time.perf_counter()
     model.train()
     with progress_bar(show_progress) as bar:
@@ -129,7 +135,9 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         for step in range(cfg.steps):
             x = train_set.batch(batch_indices(step, len(train_set), cfg.batch_size, cfg.seed, device))
             w = kl_weight(step, cfg.warmup)
-            out = model(x)
+            eps = None if noise is None else [  # explicit z noise: one [B, d_l] draw per level
+                torch.randn(len(x), d, generator=noise).to(device) for d in model_cfg.latent_dims]
+            out = model(x, eps)
             recon, kl = out.recon.mean(), out.kl.mean(0)  # kl: [L]
             loss = recon + w * kl.sum()
             optimizer.zero_grad(set_to_none=True)
