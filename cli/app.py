@@ -11,7 +11,7 @@ from rich.console import Console
 
 from vlae_fast import generate
 from vlae_fast.checkpoint import load_model
-from vlae_fast.data import load_dataset
+from vlae_fast.data import data_options, image_shape_of, load_dataset
 from vlae_fast.errors import VlaeError
 from vlae_fast.images import check_writable, save_images
 from vlae_fast.models import default_config
@@ -50,7 +50,7 @@ def parse_dims(text: Optional[str]) -> Optional[list[int]]:
 
 @app.command()
 def train(
-    dataset: str = typer.Argument(..., help="Data set to train on: mnist.", show_default=False),
+    dataset: str = typer.Argument(..., help="Data set to train on: mnist, svhn, celeba or folder (--data-dir PATH).", show_default=False),
     model: str = typer.Option("vlae", help="Model: vlae (the paper's ladder)."),
     layers: Optional[int] = typer.Option(None, help="Number of ladder levels L (MNIST default 3)."),
     latent_dim: Optional[str] = typer.Option(None, help="Code width per level: one value (e.g. 2) or one per level, bottom first (e.g. 2,2,4)."),
@@ -69,15 +69,23 @@ def train(
     train_limit: Optional[int] = typer.Option(None, help="Train on only the first N images (quick experiments)."),
     eval_limit: Optional[int] = typer.Option(None, help="Evaluate on only the first N test images."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
+    image_size: Optional[int] = typer.Option(None, help="folder: center-crop and resize images to SxS (default 64)."),
+    grayscale: bool = typer.Option(False, "--grayscale", help="folder: force grey-level images (default: detected)."),
+    rgb: bool = typer.Option(False, "--rgb", help="folder: force RGB images (default: detected)."),
+    svhn_extra: bool = typer.Option(False, "--svhn-extra", help="svhn: add extra_32x32.mat to training, as the authors did."),
 ) -> None:
     """Train a model; writes OUT/ckpt.safetensors and OUT/metrics.jsonl, then prints the test-set ELBO."""
     if steps < 1 or batch_size < 1:
         raise typer.BadParameter("--steps and --batch-size must be at least 1")
+    if grayscale and rgb:
+        raise typer.BadParameter("give --grayscale or --rgb, not both")
     try:
-        mcfg = default_config(dataset, model, layers, parse_dims(latent_dim), output=output, join=join)
+        opts = data_options(dataset, image_size, "grayscale" if grayscale else "rgb" if rgb else None, svhn_extra)
+        shape = image_shape_of(dataset, data_dir, **opts)
+        mcfg = default_config(dataset, model, layers, parse_dims(latent_dim), output=output, join=join, image_shape=shape)
         tcfg = TrainConfig(dataset=dataset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed,
                            device=device, save_every=save_every, data_dir=str(data_dir) if data_dir else None,
-                           train_limit=train_limit, eval_limit=eval_limit, kernels=kernels)
+                           train_limit=train_limit, eval_limit=eval_limit, kernels=kernels, data_options=opts)
         run_dir = out_dir or Path("runs") / f"{dataset}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
         result = run_training(mcfg, tcfg, run_dir, show_progress=progress)
     except VlaeError as e:
@@ -140,7 +148,7 @@ def reconstruct(
     try:
         check_writable(out_path)
         model, ckpt_info = load_model(ckpt, resolve_device(device))
-        data = load_dataset(ckpt_info.config.dataset, split, data_dir)
+        data = load_dataset(ckpt_info.config.dataset, split, data_dir, **ckpt_info.train.get("data_options", {}))
         path = save_images(generate.reconstruct(model, data, n), out_path)
     except VlaeError as e:
         raise fail(e)
@@ -159,7 +167,7 @@ def encode(
     try:
         check_writable(out_path, (".npz",))
         model, ckpt_info = load_model(ckpt, resolve_device(device))
-        data = load_dataset(ckpt_info.config.dataset, split, data_dir)
+        data = load_dataset(ckpt_info.config.dataset, split, data_dir, **ckpt_info.train.get("data_options", {}))
         codes = generate.encode(model, data)
         np.savez_compressed(out_path, **{k: v.numpy() for k, v in codes.items()})
     except VlaeError as e:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,6 +37,7 @@ class TrainConfig:
     eval_limit: int | None = None  # evaluate on only the first N test images
     kernels: str | None = None  # auto | triton | torch; None = keep the library's choice ($VLAE_KERNELS, else auto)
     noise_seed: int | None = None  # draw the training noise eps on the CPU from this seed, the same on every kernel path
+    data_options: dict = field(default_factory=dict)  # loader options (folder: image_size, color; svhn: extra)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,8 +108,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         set_backend(cfg.kernels)  # ConfigError for an unknown name, or triton where it is missing
     torch.manual_seed(cfg.seed)
 
-    train_set = load_dataset(cfg.dataset, "train", cfg.data_dir)
-    test_set = load_dataset(cfg.dataset, "test", cfg.data_dir)
+    train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, **cfg.data_options)
+    test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options)
     if cfg.train_limit:
         train_set = ImageSet(train_set.name, "train", train_set.x[: cfg.train_limit],
                              None if train_set.labels is None else train_set.labels[: cfg.train_limit])

@@ -6,10 +6,16 @@ from typing import Callable
 
 from ..errors import DataError
 from .base import ImageSet, default_data_root, resolve_data_dir
+from .celeba import load_celeba
+from .folder import load_folder
 from .mnist import load_mnist
+from .svhn import load_svhn
 
 LOADERS: dict[str, Callable[..., ImageSet]] = {
     "mnist": load_mnist,
+    "svhn": load_svhn,
+    "celeba": load_celeba,
+    "folder": load_folder,
 }
 
 
@@ -20,4 +26,28 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None, **op
     return LOADERS[name](split, data_dir, **options)
 
 
-__all__ = ["ImageSet", "LOADERS", "default_data_root", "load_dataset", "resolve_data_dir"]
+def data_options(name: str, image_size: int | None = None, color: str | None = None,
+                 svhn_extra: bool = False) -> dict:
+    """The loader options of `vlae train` for data set `name` (stored in the checkpoint so that
+    reconstruct / encode reload the same images); DataError for an option the set does not take."""
+    opts: dict = {}
+    if image_size is not None or color is not None:
+        if name != "folder":
+            raise DataError(f"--image-size, --grayscale and --rgb apply to the folder data set only, not {name}")
+        opts.update({"image_size": image_size} if image_size is not None else {})
+        opts.update({"color": color} if color is not None else {})
+    if svhn_extra:
+        if name != "svhn":
+            raise DataError(f"--svhn-extra applies to the svhn data set only, not {name}")
+        opts["extra"] = True
+    return opts
+
+
+def image_shape_of(name: str, data_dir: str | Path | None = None, **options) -> tuple[int, int, int] | None:
+    """(C, H, W) of a data set whose shape depends on its files and options (folder), else None."""
+    if name != "folder":
+        return None
+    return load_folder("train", data_dir, **options).image_shape
+
+
+__all__ = ["ImageSet", "LOADERS", "data_options", "image_shape_of", "default_data_root", "load_dataset", "resolve_data_dir"]

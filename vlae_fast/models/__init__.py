@@ -4,10 +4,12 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ConfigError
+from .conv_vlae import ConvVLAE, ConvVLAEConfig
 from .vlae import VLAE, VLAEConfig
 
 REGISTRY: dict[str, tuple[type, type]] = {  # name -> (config class, model class)
     "vlae": (VLAEConfig, VLAE),
+    "conv_vlae": (ConvVLAEConfig, ConvVLAE),
 }
 
 
@@ -29,9 +31,16 @@ def build_model(cfg) -> nn.Module:
 
 
 
-# Per data set: image shape and default code width per level (authors' settings).
+# Per data set: image shape and default code width per level (authors' settings). "model" replaces
+# the generic "vlae" where the paper's ladder for that data set is another architecture; "latent_dims"
+# (one width per level) is used when the level count matches; image_shape None = taken from the data.
 DATASET_DEFAULTS: dict[str, dict] = {
     "mnist": {"image_shape": (1, 28, 28), "layers": 3, "latent_dim": 2},
+    "svhn": {"image_shape": (3, 32, 32), "layers": 4, "latent_dim": 5, "latent_dims": [5, 5, 5, 10],
+             "model": "conv_vlae"},
+    "celeba": {"image_shape": (3, 64, 64), "layers": 4, "latent_dim": 10, "model": "conv_vlae"},
+    "folder": {"image_shape": None, "layers": 4, "latent_dim": 5, "latent_dims": [5, 5, 5, 10],
+               "model": "conv_vlae"},  # SVHN's codes; 64-pixel and larger folders take CelebA's
 }
 
 
@@ -46,15 +55,22 @@ def default_config(dataset: str, model: str = "vlae", layers: int | None = None,
     if model not in REGISTRY:
         raise ConfigError(f"unknown model {model!r}; choose one of: {', '.join(sorted(REGISTRY))}")
     d = DATASET_DEFAULTS[dataset]
+    image_shape = overrides.pop("image_shape", None) or d["image_shape"]
+    if image_shape is None:
+        raise ConfigError(f"the {dataset} data set's image shape comes from its files; pass image_shape")
+    if dataset == "folder" and max(image_shape[1:]) >= 64:
+        d = {**d, "latent_dim": 10, "latent_dims": None}
+    if model == "vlae" and "model" in d:
+        model = d["model"]  # the paper's ladder for this data set
     L = layers or (len(latent_dims) if latent_dims and len(latent_dims) > 1 else d["layers"])
     if L < 1:
         raise ConfigError(f"--layers must be at least 1; got {L}")
-    dims = latent_dims or [d["latent_dim"]]
+    dims = latent_dims or (d["latent_dims"] if len(d.get("latent_dims") or []) == L else [d["latent_dim"]])
     if len(dims) == 1:
         dims = dims * L
     if len(dims) != L:
         raise ConfigError(f"--latent-dim gives {len(dims)} widths for {L} levels; give one width or one per level")
-    return make_config({"model": model, "dataset": dataset, "image_shape": d["image_shape"],
+    return make_config({"model": model, "dataset": dataset, "image_shape": image_shape,
                         "latent_dims": dims, **overrides})
 
-__all__ = ["DATASET_DEFAULTS", "REGISTRY", "VLAE", "VLAEConfig", "build_model", "default_config", "make_config"]
+__all__ = ["DATASET_DEFAULTS", "REGISTRY", "VLAE", "VLAEConfig", "ConvVLAE", "ConvVLAEConfig", "build_model", "default_config", "make_config"]
