@@ -2,6 +2,7 @@
 
 Tensors:  model.<name>                 every parameter and buffer of the model
           optim.<i>.<key>              the optimizer's per-parameter state (Adam: step, exp_avg, exp_avg_sq)
+          rng.<device>                 random-generator states as uint8 tensors (rng.cpu, rng.cuda.<i>), for resuming
 Metadata (all JSON strings): format, config (the model config), train (training options), step,
           optim (param-group hyper-parameters), metrics (latest training / evaluation figures), versions.
 """
@@ -23,6 +24,7 @@ from .errors import CheckpointError, ConfigError
 from .models import build_model, make_config
 
 FORMAT = "vlae-fast/1"
+CKPT_NAME = "ckpt.safetensors"  # the file `vlae train` writes in its run folder
 
 
 @dataclass
@@ -34,6 +36,8 @@ class Checkpoint:
     step: int = 0
     train: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    rng: dict[str, torch.Tensor] = field(default_factory=dict)  # 'cpu', 'cuda.<i>' -> uint8 state
+    path: str = ""  # the file it was read from, for messages
 
 
 def _optim_tensors(optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -49,12 +53,15 @@ def _optim_tensors(optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, t
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None,
-                    step: int = 0, train: dict | None = None, metrics: dict | None = None) -> Path:
-    """Write model (+ optimizer) to `path` atomically: temp file in the same folder, fsync, rename."""
+                    step: int = 0, train: dict | None = None, metrics: dict | None = None,
+                    rng: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write model (+ optimizer, + RNG states) to `path` atomically: temp file in the same folder, fsync,
+    rename. A kill at any instant leaves either the previous file or the new one, never a mix."""
     path = Path(path)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     optim_tensors, optim_meta = _optim_tensors(optimizer)
     tensors.update(optim_tensors)
+    tensors.update({f"rng.{k}": v.detach().cpu().contiguous() for k, v in (rng or {}).items()})
     meta = {
         "format": FORMAT,
         "config": json.dumps(model.cfg.to_dict()),
@@ -122,14 +129,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: {e}") from None
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     optim_state = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
+    rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
     return Checkpoint(config, model_state, optim_state, _json(meta, "optim", path), step,
-                      _json(meta, "train", path), _json(meta, "metrics", path))
+                      _json(meta, "train", path), _json(meta, "metrics", path), rng, str(path))
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Checkpoint]:
-    """Rebuild the model a checkpoint describes, load its weights strictly, move it to `device`."""
-    ckpt = read_checkpoint(path)
-    model = build_model(ckpt.config)
+def load_weights(model: nn.Module, ckpt: Checkpoint, path: str | Path) -> None:
+    """Load ckpt's weights into `model` strictly; CheckpointError naming every key that does not fit."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(ckpt.model_state))
     unexpected = sorted(set(ckpt.model_state) - set(expected))
@@ -143,6 +149,13 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
         raise CheckpointError(f"{path}: weights do not fit its {ckpt.config.model} config: "
                               + "; ".join(p for p in parts if p))
     model.load_state_dict(ckpt.model_state, strict=True)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Checkpoint]:
+    """Rebuild the model a checkpoint describes, load its weights strictly, move it to `device`."""
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt.config)
+    load_weights(model, ckpt, path)
     return model.to(device), ckpt
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import save_checkpoint
+from . import guards, resume
+from .checkpoint import CKPT_NAME, Checkpoint, save_checkpoint
 from .data import ImageSet, load_dataset
 from .errors import ConfigError
 from .models import build_model
@@ -34,6 +35,7 @@ class TrainConfig:
     data_dir: str | None = None
     train_limit: int | None = None  # use only the first N training images (quick runs, tests)
     eval_limit: int | None = None  # evaluate on only the first N test images
+    grad_clip: float = 0.0  # max global gradient norm; 0 = off (the authors do not clip)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,9 +92,14 @@ def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 500, seed: int 
             "mse": totals["sse"] / (n * data.x[0].numel()), "images": n}
 
 
-def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool = True) -> dict:
+def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool = True,
+          start: Checkpoint | None = None) -> dict:
     """Train a model described by `model_cfg` on cfg.dataset; write out_dir/ckpt.safetensors and
-    out_dir/metrics.jsonl. Returns the final test-set evaluation (see `evaluate`) plus timing."""
+    out_dir/metrics.jsonl. Returns the final test-set evaluation (see `evaluate`) plus timing.
+
+    start: a checkpoint to continue from (see resume.plan_resume): its step, weights, optimizer and RNG
+    state. SIGINT/SIGTERM save a checkpoint and raise TrainingStopped; so does a non-finite loss (without
+    saving). Both messages say how to resume."""
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -119,14 +126,20 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     model = build_model(model_cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     train_info = asdict(cfg)
+    ckpt_path = out_dir / CKPT_NAME
+    first, last_saved = 0, None
+    if start is not None:  # after the model is built: its random init is then overwritten
+        first = resume.restore(start, model, optimizer, cfg.lr)
+        last_saved = start.path
+        resume.trim_metrics(out_dir / "metrics.jsonl", first)
+    resume_hint = f"vlae train {cfg.dataset} --resume {out_dir}"
     log = open(out_dir / "metrics.jsonl", "a")
-    ckpt_path = out_dir / "ckpt.safetensors"
     last: dict = {}
     t0 = time.perf_counter()
     model.train()
-    with progress_bar(show_progress) as bar:
-        task = bar.add_task("train", total=cfg.steps, stats="")
-        for step in range(cfg.steps):
+    with progress_bar(show_progress) as bar, guards.StopRequest() as stop:
+        task = bar.add_task("train", total=cfg.steps, completed=first, stats="")
+        for step in range(first, cfg.steps):
             x = train_set.batch(batch_indices(step, len(train_set), cfg.batch_size, cfg.seed, device))
             w = kl_weight(step, cfg.warmup)
             out = model(x)
@@ -134,6 +147,10 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
             loss = recon + w * kl.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            bad_norm = guards.clip_and_check(model, loss, cfg.grad_clip)
+            if bad_norm is not None:
+                log.close()
+                raise guards.non_finite(step + 1, loss.item(), bad_norm, cfg.lr, cfg.grad_clip, last_saved, resume_hint)
             optimizer.step()
 
             done = step + 1
@@ -146,15 +163,19 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                 kl_txt = " ".join(f"KL{l}={v:.2f}" for l, v in enumerate(kl_list, 1))
                 bar.update(task, stats=f"loss={last['loss']:.2f} recon={last['recon']:.2f} {kl_txt}")
             bar.update(task, completed=done)
-            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+            if (cfg.save_every and done % cfg.save_every == 0 or stop.requested) and done < cfg.steps:
                 save_checkpoint(ckpt_path, model, optimizer=optimizer, step=done, train=train_info,
-                                metrics={"train": last})
+                                metrics={"train": last}, rng=resume.rng_state())
+                last_saved = str(ckpt_path)
+            if stop.requested and done < cfg.steps:
+                log.close()
+                raise stop.stopped(done, cfg.steps, str(ckpt_path), resume_hint)
     seconds = time.perf_counter() - t0
     result = evaluate(model, test_set, seed=cfg.seed)
     result.update(train_seconds=round(seconds, 1), steps=cfg.steps, device=str(device))
     log.write(json.dumps({"step": cfg.steps, "test": result}) + "\n")
     log.close()
     save_checkpoint(ckpt_path, model, optimizer=optimizer, step=cfg.steps, train=train_info,
-                    metrics={"train": last, "test": result})
+                    metrics={"train": last, "test": result}, rng=resume.rng_state())
     result["checkpoint"] = str(ckpt_path)
     return result
