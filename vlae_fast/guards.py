@@ -61,8 +61,8 @@ def non_finite(step: int, loss: float, norm: float, lr: float, grad_clip: float,
                resume_hint: str) -> TrainingStopped:
     """The error for a non-finite loss or gradient at `step` (1-based), saying what to change."""
     what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm} (loss {loss:.4g})"
-    kept = (f"the last good checkpoint {last_ckpt} is kept; " if last_ckpt
-            else "no checkpoint was saved yet (lower --save-every to keep one); ")
+    kept = (f"The last good checkpoint {last_ckpt} is kept; " if last_ckpt
+            else "No checkpoint was saved yet (lower --save-every to keep one); ")
     clip = f"lower --grad-clip (now {grad_clip:g})" if grad_clip > 0 else "set --grad-clip (e.g. 100)"
     how = f"resume with: {resume_hint} --lr {lr / 4:g}" if last_ckpt else "start again with a smaller --lr"
     return TrainingStopped(f"step {step}: {what}; the step was not taken. {kept}lower --lr (now {lr:g}) or {clip}, "
