@@ -100,6 +100,8 @@ def train(
         raise typer.Exit(code=e.exit_code)
     except VlaeError as e:
         raise fail(e)
+    if "rank" in result:  # torchrun's other ranks: rank 0 reports
+        return
     kl = ", ".join(f"{v:.2f}" for v in result["kl"])
     out.print(f"test ELBO {result['elbo']:.2f} nats/image  (-log r(x|z) {result['recon_nll']:.2f}, KL per level [{kl}])")
     out.print(f"test reconstruction error: {result['mse']:.5f} mean squared error per pixel  "

@@ -40,9 +40,9 @@ class StopRequest:
         return self.signum is not None
 
     def stopped(self, step: int, total: int, ckpt: str, resume_hint: str) -> TrainingStopped:
-        name = signal.Signals(self.signum).name
-        return TrainingStopped(f"{name} received: stopped after step {step}/{total} and saved {ckpt}; "
-                               f"resume with: {resume_hint}", exit_code=128 + self.signum)
+        signum = self.signum or signal.SIGTERM  # under torchrun another rank may have received it
+        return TrainingStopped(f"{signal.Signals(signum).name} received: stopped after step {step}/{total} and "
+                               f"saved {ckpt}; resume with: {resume_hint}", exit_code=128 + signum)
 
 
 def clip_and_check(model: nn.Module, loss: torch.Tensor, grad_clip: float) -> float | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import guards, resume
+from . import distributed, guards, resume
 from .checkpoint import CKPT_NAME, Checkpoint, save_checkpoint
 from .data import ImageSet, load_dataset
 from .errors import ConfigError
@@ -107,6 +108,9 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     except OSError as e:
         raise ConfigError(f"--out {out_dir}: cannot write there ({e.strerror}); choose another folder") from None
     device = resolve_device(cfg.device)
+    rank, device = distributed.setup(device)  # one process, or one of torchrun's
+    distributed.check_batch(cfg.batch_size, rank)
+    show_progress = show_progress and rank.main
     torch.manual_seed(cfg.seed)
 
     train_set = load_dataset(cfg.dataset, "train", cfg.data_dir)
@@ -131,18 +135,23 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     if start is not None:  # after the model is built: its random init is then overwritten
         first = resume.restore(start, model, optimizer, cfg.lr)
         last_saved = start.path
-        resume.trim_metrics(out_dir / "metrics.jsonl", first)
+        if rank.main:
+            resume.trim_metrics(out_dir / "metrics.jsonl", first)
+    net = distributed.wrap(model, rank, device)  # `model` itself for one process
+    if rank.world > 1:  # every rank its own noise (one process keeps the seed's stream)
+        torch.manual_seed(cfg.seed * 1_000_003 + first * 1009 + rank.rank + 1)
     resume_hint = f"vlae train {cfg.dataset} --resume {out_dir}"
-    log = open(out_dir / "metrics.jsonl", "a")
+    log = open(out_dir / "metrics.jsonl" if rank.main else os.devnull, "a")  # rank 0 alone writes
     last: dict = {}
     t0 = time.perf_counter()
     model.train()
     with progress_bar(show_progress) as bar, guards.StopRequest() as stop:
         task = bar.add_task("train", total=cfg.steps, completed=first, stats="")
         for step in range(first, cfg.steps):
-            x = train_set.batch(batch_indices(step, len(train_set), cfg.batch_size, cfg.seed, device))
+            idx = batch_indices(step, len(train_set), cfg.batch_size, cfg.seed, device)
+            x = train_set.batch(distributed.shard(idx, rank))  # [B / world, C, H, W]
             w = kl_weight(step, cfg.warmup)
-            out = model(x)
+            out = net(x)
             recon, kl = out.recon.mean(), out.kl.mean(0)  # kl: [L]
             loss = recon + w * kl.sum()
             optimizer.zero_grad(set_to_none=True)
@@ -155,27 +164,35 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
 
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
-                kl_list = kl.tolist()  # a CPU-GPU sync point: only every log_every steps
-                last = {"step": done, "loss": loss.item(), "recon": recon.item(), "kl": kl_list,
+                figures = distributed.mean_over_ranks(torch.cat([loss.detach()[None], recon.detach()[None], kl.detach()]), rank)
+                loss_v, recon_v, *kl_list = figures.tolist()  # a CPU-GPU sync point: only every log_every steps
+                last = {"step": done, "loss": loss_v, "recon": recon_v, "kl": kl_list,
                         "kl_weight": w, "seconds": round(time.perf_counter() - t0, 2)}
                 log.write(json.dumps(last) + "\n")
                 log.flush()
                 kl_txt = " ".join(f"KL{l}={v:.2f}" for l, v in enumerate(kl_list, 1))
                 bar.update(task, stats=f"loss={last['loss']:.2f} recon={last['recon']:.2f} {kl_txt}")
             bar.update(task, completed=done)
-            if (cfg.save_every and done % cfg.save_every == 0 or stop.requested) and done < cfg.steps:
+            stopping = distributed.any_rank(stop.requested, rank, device)  # all ranks stop at the same step
+            if rank.main and (cfg.save_every and done % cfg.save_every == 0 or stopping) and done < cfg.steps:
                 save_checkpoint(ckpt_path, model, optimizer=optimizer, step=done, train=train_info,
                                 metrics={"train": last}, rng=resume.rng_state())
                 last_saved = str(ckpt_path)
-            if stop.requested and done < cfg.steps:
+            if stopping and done < cfg.steps:
                 log.close()
+                distributed.teardown(rank)
                 raise stop.stopped(done, cfg.steps, str(ckpt_path), resume_hint)
     seconds = time.perf_counter() - t0
+    if not rank.main:
+        log.close()
+        distributed.teardown(rank)
+        return {"rank": rank.rank}
     result = evaluate(model, test_set, seed=cfg.seed)
     result.update(train_seconds=round(seconds, 1), steps=cfg.steps, device=str(device))
     log.write(json.dumps({"step": cfg.steps, "test": result}) + "\n")
     log.close()
     save_checkpoint(ckpt_path, model, optimizer=optimizer, step=cfg.steps, train=train_info,
                     metrics={"train": last, "test": result}, rng=resume.rng_state())
+    distributed.teardown(rank)
     result["checkpoint"] = str(ckpt_path)
     return result
