@@ -117,8 +117,9 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     """Every BatchNorm*d in `module` replaced by an AllReduceBatchNorm with the same parameters and buffers
     (same state_dict keys, so checkpoints load either way)."""
     if isinstance(module, _BatchNorm):
+        like = next(iter(module.state_dict().values()), torch.empty(0))  # device and dtype to keep
         bn = AllReduceBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                module.track_running_stats, device=module.running_mean.device)
+                                module.track_running_stats, device=like.device, dtype=like.dtype)
         bn.load_state_dict(module.state_dict())
         bn.train(module.training)
         return bn
