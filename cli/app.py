@@ -1,6 +1,8 @@
 """The `vlae` command: thin Typer functions over the library. No logic lives here."""
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -9,7 +11,7 @@ import numpy as np
 import typer
 from rich.console import Console
 
-from vlae_fast import generate
+from vlae_fast import distributed, generate
 from vlae_fast.checkpoint import load_model
 from vlae_fast.data import load_dataset
 from vlae_fast.errors import TrainingStopped, VlaeError
@@ -48,6 +50,10 @@ def parse_dims(text: Optional[str]) -> Optional[list[int]]:
     return dims
 
 
+def default_run_dir(dataset: str, model: str) -> Path:
+    return Path("runs") / f"{dataset}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 @app.command()
 def train(
     dataset: str = typer.Argument(..., help="Data set to train on: mnist.", show_default=False),
@@ -72,9 +78,16 @@ def train(
     train_limit: Optional[int] = typer.Option(None, help="Train on only the first N images (quick experiments)."),
     eval_limit: Optional[int] = typer.Option(None, help="Evaluate on only the first N test images."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
+    nproc: int = typer.Option(1, help="Processes for data-parallel training (torchrun + DDP): one per GPU, or CPU "
+                              "processes (gloo). --batch-size is the global batch, split evenly."),
 ) -> None:
     """Train a model; writes OUT/ckpt.safetensors and OUT/metrics.jsonl, then prints the test-set ELBO.
     Ctrl-C saves a checkpoint and stops; --resume OUT continues the run."""
+    if nproc < 1:
+        raise typer.BadParameter("--nproc must be at least 1")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start it
+        one_dir = [] if out_dir or resume else ["--out", str(default_run_dir(dataset, model))]  # same for all ranks
+        raise typer.Exit(code=distributed.launch(nproc, sys.argv[1:] + one_dir))
     if (steps is not None and steps < 1) or batch_size < 1:
         raise typer.BadParameter("--steps and --batch-size must be at least 1")
     if grad_clip is not None and grad_clip < 0:
@@ -93,7 +106,7 @@ def train(
                                save_every=TrainConfig.save_every if save_every is None else save_every, data_dir=str(data_dir) if data_dir else None,
                                log_every=log_every or TrainConfig.log_every, train_limit=train_limit,
                                eval_limit=eval_limit, grad_clip=grad_clip or 0.0)
-            run_dir = out_dir or Path("runs") / f"{dataset}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+            run_dir = out_dir or default_run_dir(dataset, model)
         result = run_training(mcfg, tcfg, run_dir, show_progress=progress, start=start)
     except TrainingStopped as e:
         err.print(f"[bold yellow]stopped:[/] {e}", highlight=False, soft_wrap=True)

@@ -75,10 +75,9 @@ def test_batch_must_split_over_ranks():
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_trains_and_rank0_writes(tmp_path, mnist_dir):
+def test_nproc_2_runs_torchrun_and_rank0_alone_writes(tmp_path, mnist_dir):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "vlae_fast.cli", "train",
-           "mnist", "--data-dir", str(mnist_dir), "--train-limit", "200", "--batch-size", "20", "--steps", "3",
+    cmd = [sys.executable, "-m", "vlae_fast.cli", "train", "mnist", "--nproc", "2", "--data-dir", str(mnist_dir), "--train-limit", "200", "--batch-size", "20", "--steps", "3",
            "--layers", "2", "--log-every", "1", "--save-every", "2", "--eval-limit", "50", "--device", "cpu",
            "--no-progress", "--out", str(run)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})

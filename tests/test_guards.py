@@ -107,3 +107,17 @@ def test_tampered_download_is_rejected(tmp_path):
 def test_cli_resume_errors_are_one_line(tmp_path):
     r = CliRunner().invoke(app, ["train", "mnist", "--resume", str(tmp_path)])
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and "no ckpt.safetensors" in r.stderr
+
+
+def test_sigterm_is_caught_once_then_handlers_are_restored():
+    from vlae_fast.guards import StopRequest
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs between bytecodes of the main thread
+        assert stop.requested
+        e = stop.stopped(7, 10, "run/ckpt.safetensors", "vlae train mnist --resume run")
+        assert signal.getsignal(signal.SIGTERM) == before  # a second SIGTERM would stop at once
+    assert e.exit_code == 143 and str(e).startswith("SIGTERM received: stopped after step 7/10") and "--resume run" in str(e)
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -160,3 +160,25 @@ def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
     t = torch.tensor([float(flag)], device=device)
     dist.all_reduce(t)
     return bool(t.item() > 0)
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """`vlae train --nproc N ...`: run the same command under torchrun with N processes on this machine
+    (--nproc dropped from argv); returns torchrun's exit code."""
+    import subprocess
+    import sys
+
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "-m", "vlae_fast.cli", *args]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:  # torchrun forwards Ctrl-C to the ranks, which save and stop
+        return 130

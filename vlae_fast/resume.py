@@ -110,3 +110,16 @@ def trim_metrics(path: Path, step: int) -> None:
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)
+
+
+def remove_stale_temps(ckpt_path: Path) -> None:
+    """Delete temporary files a kill in the middle of save_checkpoint left beside the checkpoint."""
+    for tmp in ckpt_path.parent.glob(f".{ckpt_path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def seconds_so_far(ckpt: Checkpoint) -> float:
+    """Training seconds the run had logged when the checkpoint was written (0 if unknown)."""
+    train = ckpt.metrics.get("train")
+    seconds = train.get("seconds", 0.0) if isinstance(train, dict) else 0.0
+    return float(seconds) if isinstance(seconds, (int, float)) else 0.0

@@ -102,14 +102,15 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     state. SIGINT/SIGTERM save a checkpoint and raise TrainingStopped; so does a non-finite loss (without
     saving). Both messages say how to resume."""
     out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.jsonl").touch()
-    except OSError as e:
-        raise ConfigError(f"--out {out_dir}: cannot write there ({e.strerror}); choose another folder") from None
     device = resolve_device(cfg.device)
     rank, device = distributed.setup(device)  # one process, or one of torchrun's
     distributed.check_batch(cfg.batch_size, rank)
+    try:
+        if rank.main:  # rank 0 alone touches the run folder
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "metrics.jsonl").touch()
+    except OSError as e:
+        raise ConfigError(f"--out {out_dir}: cannot write there ({e.strerror}); choose another folder") from None
     show_progress = show_progress and rank.main
     torch.manual_seed(cfg.seed)
 
@@ -137,13 +138,14 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         last_saved = start.path
         if rank.main:
             resume.trim_metrics(out_dir / "metrics.jsonl", first)
+            resume.remove_stale_temps(ckpt_path)
     net = distributed.wrap(model, rank, device)  # `model` itself for one process
     if rank.world > 1:  # every rank its own noise (one process keeps the seed's stream)
         torch.manual_seed(cfg.seed * 1_000_003 + first * 1009 + rank.rank + 1)
     resume_hint = f"vlae train {cfg.dataset} --resume {out_dir}"
     log = open(out_dir / "metrics.jsonl" if rank.main else os.devnull, "a")  # rank 0 alone writes
     last: dict = {}
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - (resume.seconds_so_far(start) if start else 0.0)  # the curve's clock goes on
     model.train()
     with progress_bar(show_progress) as bar, guards.StopRequest() as stop:
         task = bar.add_task("train", total=cfg.steps, completed=first, stats="")
