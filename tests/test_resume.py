@@ -14,8 +14,8 @@ import torch
 
 from vlae_fast.checkpoint import read_checkpoint
 
-STEPS = 8  # 300 images / 50 per batch = 6 steps per epoch: the run crosses an epoch boundary
-SMALL = ["--train-limit", "300", "--batch-size", "50", "--eval-limit", "50", "--layers", "2", "--latent-dim", "2",
+STEPS = 6  # 80 images / 20 per batch = 4 steps per epoch: the run crosses an epoch boundary
+SMALL = ["--train-limit", "80", "--batch-size", "20", "--eval-limit", "20", "--layers", "2", "--latent-dim", "2",
          "--warmup", "5", "--save-every", "2", "--log-every", "1", "--device", "cpu", "--no-progress", "--seed", "3"]
 
 
