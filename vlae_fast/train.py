@@ -189,12 +189,13 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         log.close()
         distributed.teardown(rank)
         return {"rank": rank.rank}
-    result = evaluate(model, test_set, seed=cfg.seed)
-    result.update(train_seconds=round(seconds, 1), steps=cfg.steps, device=str(device))
-    log.write(json.dumps({"step": cfg.steps, "test": result}) + "\n")
-    log.close()
-    save_checkpoint(ckpt_path, model, optimizer=optimizer, step=cfg.steps, train=train_info,
-                    metrics={"train": last, "test": result}, rng=resume.rng_state())
+    with guards.StopRequest():  # all steps are done: a Ctrl-C now waits for the final checkpoint
+        result = evaluate(model, test_set, seed=cfg.seed)
+        result.update(train_seconds=round(seconds, 1), steps=cfg.steps, device=str(device))
+        log.write(json.dumps({"step": cfg.steps, "test": result}) + "\n")
+        log.close()
+        save_checkpoint(ckpt_path, model, optimizer=optimizer, step=cfg.steps, train=train_info,
+                        metrics={"train": last, "test": result}, rng=resume.rng_state())
     distributed.teardown(rank)
     result["checkpoint"] = str(ckpt_path)
     return result
