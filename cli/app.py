@@ -88,24 +88,24 @@ def train(
     if nproc > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start it
         one_dir = [] if out_dir or resume else ["--out", str(default_run_dir(dataset, model))]  # same for all ranks
         raise typer.Exit(code=distributed.launch(nproc, sys.argv[1:] + one_dir))
-    if (steps is not None and steps < 1) or batch_size < 1:
-        raise typer.BadParameter("--steps and --batch-size must be at least 1")
+    if any(v is not None and v < 1 for v in (steps, batch_size, log_every)):
+        raise typer.BadParameter("--steps, --batch-size and --log-every must be at least 1")
     if grad_clip is not None and grad_clip < 0:
         raise typer.BadParameter("--grad-clip must be 0 (off) or a positive norm")
     try:
-        start = None
+        start, data = None, str(data_dir) if data_dir else None
         if resume is not None:
-            mcfg, tcfg, start = plan_resume(resume, dataset, steps=steps, device=device, save_every=save_every, log_every=log_every, lr=lr,
-                                            grad_clip=grad_clip, data_dir=str(data_dir) if data_dir else None,
+            mcfg, tcfg, start = plan_resume(resume, dataset, steps=steps, lr=lr, grad_clip=grad_clip, device=device,
+                                            save_every=save_every, log_every=log_every, data_dir=data,
                                             eval_limit=eval_limit)
-            run_dir = out_dir or (resume if resume.is_dir() else resume.parent)
+            run_dir = out_dir or Path(start.path).parent
         else:
             mcfg = default_config(dataset, model, layers, parse_dims(latent_dim), output=output, join=join)
             tcfg = TrainConfig(dataset=dataset, steps=steps or TrainConfig.steps, batch_size=batch_size,
                                lr=TrainConfig.lr if lr is None else lr, warmup=warmup, seed=seed, device=device,
-                               save_every=TrainConfig.save_every if save_every is None else save_every, data_dir=str(data_dir) if data_dir else None,
-                               log_every=log_every or TrainConfig.log_every, train_limit=train_limit,
-                               eval_limit=eval_limit, grad_clip=grad_clip or 0.0)
+                               save_every=TrainConfig.save_every if save_every is None else save_every,
+                               log_every=log_every or TrainConfig.log_every, data_dir=data,
+                               train_limit=train_limit, eval_limit=eval_limit, grad_clip=grad_clip or 0.0)
             run_dir = out_dir or default_run_dir(dataset, model)
         result = run_training(mcfg, tcfg, run_dir, show_progress=progress, start=start)
     except TrainingStopped as e:

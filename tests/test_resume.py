@@ -85,3 +85,17 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path, mnist_dir):
     assert 1 <= ckpt.step < 50 and ckpt.rng["cpu"].dtype == torch.uint8
     msg = " ".join(err.split())
     assert "SIGINT" in msg and f"after step {ckpt.step}/50" in msg and f"--resume {run}" in msg, err
+
+
+def test_plan_resume_takes_the_runs_options_and_allows_only_safe_changes(tiny_ckpt):
+    from vlae_fast.errors import CheckpointError, ConfigError
+    from vlae_fast.resume import plan_resume
+    with pytest.raises(CheckpointError, match="at step 3.*pass --steps larger than 3"):
+        plan_resume(tiny_ckpt.parent)  # the run is finished
+    mcfg, cfg, ckpt = plan_resume(tiny_ckpt.parent, "mnist", steps=5, lr=1e-4, batch_size=None)
+    assert (cfg.steps, cfg.lr, cfg.batch_size, cfg.train_limit, ckpt.step) == (5, 1e-4, 50, 200, 3)
+    assert mcfg == ckpt.config and ckpt.rng["cpu"].dtype == torch.uint8
+    with pytest.raises(ConfigError, match="trained on 'mnist', not 'svhn'"):
+        plan_resume(tiny_ckpt, "svhn", steps=5)
+    with pytest.raises(ValueError, match="cannot override"):
+        plan_resume(tiny_ckpt, steps=5, seed=1)

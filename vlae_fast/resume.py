@@ -68,7 +68,7 @@ def plan_resume(path: str | Path, dataset: str | None = None, **overrides) -> tu
     if dataset is not None and ckpt.train.get("dataset") != dataset:
         raise ConfigError(f"--resume {path}: that run trained on {ckpt.train.get('dataset')!r}, not {dataset!r}; "
                           f"use `vlae train {ckpt.train.get('dataset')} --resume {path}`")
-    bad = sorted(set(overrides) - set(OVERRIDABLE))
+    bad = sorted(k for k, v in overrides.items() if v is not None and k not in OVERRIDABLE)
     if bad:
         raise ValueError(f"plan_resume cannot override {bad}; only {OVERRIDABLE}")
     known = {f.name for f in fields(TrainConfig)}
