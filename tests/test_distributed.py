@@ -1,5 +1,6 @@
 """DDP on the CPU with gloo and 2 processes: one step's gradient equals the single-process gradient of
 the combined batch (batch norm over the global batch included), and torchrun runs the CLI."""
+import json
 import os
 import subprocess
 import sys
@@ -89,3 +90,31 @@ def test_nproc_2_runs_torchrun_and_rank0_alone_writes(tmp_path, mnist_dir):
     model, ckpt = load_model(run / "ckpt.safetensors")  # loads like any other checkpoint
     assert ckpt.step == 3 and ckpt.config.layers == 2
     assert sorted(f.name for f in run.iterdir()) == ["ckpt.safetensors", "metrics.jsonl"]
+
+
+def resume_worker(rank: int, tmp: str, mnist_dir: str) -> None:
+    """Run A: 4 steps. Run B: 2 steps, then resumed to 4. Each in a fresh process group."""
+    from vlae_fast.resume import plan_resume
+    from vlae_fast.train import TrainConfig, train
+    torch.set_num_threads(1)
+    cfg = TrainConfig(steps=4, batch_size=8, train_limit=40, eval_limit=8, data_dir=mnist_dir, save_every=2,
+                      log_every=1, device="cpu", warmup=3)
+    for i, (name, steps, resume) in enumerate([("a", 4, False), ("b", 2, False), ("b", 4, True)]):
+        dist.init_process_group("gloo", init_method=f"file://{tmp}/store{i}", rank=rank, world_size=WORLD)
+        if resume:
+            mcfg, c, start = plan_resume(f"{tmp}/{name}", steps=steps)
+        else:
+            mcfg, c, start = make_config(TINY), TrainConfig(**{**cfg.__dict__, "steps": steps}), None
+        train(mcfg, c, f"{tmp}/{name}", show_progress=False, start=start)
+
+
+def test_two_process_run_resumes_exactly(tmp_path, mnist_dir):
+    torch.multiprocessing.spawn(resume_worker, args=(str(tmp_path), str(mnist_dir)), nprocs=WORLD)
+    a = load_file(tmp_path / "a" / "ckpt.safetensors")
+    b = load_file(tmp_path / "b" / "ckpt.safetensors")
+    assert {"rng.rank0.cpu", "rng.rank1.cpu"} <= set(a) and not torch.equal(a["rng.rank0.cpu"], a["rng.rank1.cpu"])
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+    curve = lambda r: [(l["step"], l["loss"]) for l in map(json.loads, (tmp_path / r / "metrics.jsonl").read_text().splitlines())
+                       if "loss" in l]
+    assert curve("a") == curve("b") and len(curve("a")) == 4

@@ -182,3 +182,32 @@ def launch(nproc: int, argv: list[str]) -> int:
         return subprocess.call(cmd)
     except KeyboardInterrupt:  # torchrun forwards Ctrl-C to the ranks, which save and stop
         return 130
+
+
+def rng_states(d: Dist, device: torch.device, own: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every rank's generator states, for rank 0 to save: `own` (this rank's, from resume.rng_state) for
+    one process, else 'rank<r>.cpu' (and 'rank<r>.cuda') for each rank r, gathered as uint8 tensors (no
+    pickling). A collective: every rank calls it at the same step."""
+    if d.world == 1:
+        return own
+    states = {"cpu": own["cpu"]}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    out = {}
+    for key, s in states.items():
+        s = s.to(device)
+        parts = [torch.empty_like(s) for _ in range(d.world)]
+        dist.all_gather(parts, s)
+        out.update({f"rank{r}.{key}": p.cpu() for r, p in enumerate(parts)})
+    return out
+
+
+def restore_rank_rng(states: dict[str, Tensor], d: Dist, device: torch.device) -> bool:
+    """Set this rank's generators from a checkpoint written with the same number of ranks; False if it
+    holds none for this rank (then the caller seeds them afresh)."""
+    if d.world == 1 or f"rank{d.world - 1}.cpu" not in states or f"rank{d.world}.cpu" in states:
+        return False
+    torch.set_rng_state(states[f"rank{d.rank}.cpu"].to(torch.uint8))
+    if device.type == "cuda" and f"rank{d.rank}.cuda" in states:
+        torch.cuda.set_rng_state(states[f"rank{d.rank}.cuda"].to(torch.uint8), device)
+    return True

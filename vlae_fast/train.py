@@ -140,8 +140,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
             resume.trim_metrics(out_dir / "metrics.jsonl", first)
             resume.remove_stale_temps(ckpt_path)
     net = distributed.wrap(model, rank, device)  # `model` itself for one process
-    if rank.world > 1:  # every rank its own noise (one process keeps the seed's stream)
-        torch.manual_seed(cfg.seed * 1_000_003 + first * 1009 + rank.rank + 1)
+    if rank.world > 1 and not (start and distributed.restore_rank_rng(start.rng, rank, device)):
+        torch.manual_seed(cfg.seed * 1_000_003 + first * 1009 + rank.rank + 1)  # every rank its own noise
     resume_hint = f"vlae train {cfg.dataset} --resume {out_dir}"
     log = open(out_dir / "metrics.jsonl" if rank.main else os.devnull, "a")  # rank 0 alone writes
     last: dict = {}
@@ -176,15 +176,18 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                 bar.update(task, stats=f"loss={last['loss']:.2f} recon={last['recon']:.2f} {kl_txt}")
             bar.update(task, completed=done)
             stopping = distributed.any_rank(stop.requested, rank, device)  # all ranks stop at the same step
-            if rank.main and (cfg.save_every and done % cfg.save_every == 0 or stopping) and done < cfg.steps:
-                save_checkpoint(ckpt_path, model, optimizer=optimizer, step=done, train=train_info,
-                                metrics={"train": last}, rng=resume.rng_state())
+            if (cfg.save_every and done % cfg.save_every == 0 or stopping) and done < cfg.steps:
+                rng = distributed.rng_states(rank, device, resume.rng_state())  # every rank's, gathered
+                if rank.main:
+                    save_checkpoint(ckpt_path, model, optimizer=optimizer, step=done, train=train_info,
+                                    metrics={"train": last}, rng=rng)
                 last_saved = str(ckpt_path)
             if stopping and done < cfg.steps:
                 log.close()
                 distributed.teardown(rank)
                 raise stop.stopped(done, cfg.steps, str(ckpt_path), resume_hint)
     seconds = time.perf_counter() - t0
+    rng = distributed.rng_states(rank, device, resume.rng_state())  # before evaluate() reseeds
     if not rank.main:
         log.close()
         distributed.teardown(rank)
@@ -195,7 +198,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         log.write(json.dumps({"step": cfg.steps, "test": result}) + "\n")
         log.close()
         save_checkpoint(ckpt_path, model, optimizer=optimizer, step=cfg.steps, train=train_info,
-                        metrics={"train": last, "test": result}, rng=resume.rng_state())
+                        metrics={"train": last, "test": result}, rng=rng)
     distributed.teardown(rank)
     result["checkpoint"] = str(ckpt_path)
     return result
