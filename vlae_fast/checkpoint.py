@@ -2,7 +2,8 @@
 
 Tensors:  model.<name>                 every parameter and buffer of the model
           optim.<i>.<key>              the optimizer's per-parameter state (Adam: step, exp_avg, exp_avg_sq)
-          rng.<device>                 random-generator states as uint8 tensors (rng.cpu, rng.cuda.<i>), for resuming
+          rng.<which>                  random-generator states as uint8 tensors, for resuming: rng.cpu and
+                                       rng.cuda.<i> (one process), rng.rank<r>.cpu / .cuda (DDP)
 Metadata (all JSON strings): format, config (the model config), train (training options), step,
           optim (param-group hyper-parameters), metrics (latest training / evaluation figures), versions.
 """
