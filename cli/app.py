@@ -1,6 +1,8 @@
 """The `vlae` command: thin Typer functions over the library. No logic lives here."""
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -9,12 +11,13 @@ import numpy as np
 import typer
 from rich.console import Console
 
-from vlae_fast import generate
+from vlae_fast import distributed, generate
 from vlae_fast.checkpoint import load_model
 from vlae_fast.data import data_options, image_shape_of, load_dataset
-from vlae_fast.errors import VlaeError
+from vlae_fast.errors import TrainingStopped, VlaeError
 from vlae_fast.images import check_writable, save_images
 from vlae_fast.models import default_config
+from vlae_fast.resume import plan_resume
 from vlae_fast.train import TrainConfig, resolve_device, train as run_training
 
 app = typer.Typer(
@@ -48,15 +51,22 @@ def parse_dims(text: Optional[str]) -> Optional[list[int]]:
     return dims
 
 
+def default_run_dir(dataset: str, model: str) -> Path:
+    return Path("runs") / f"{dataset}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 @app.command()
 def train(
     dataset: str = typer.Argument(..., help="Data set to train on: mnist, svhn, celeba or folder (--data-dir PATH).", show_default=False),
     model: str = typer.Option("vlae", help="Model: vlae (the paper's ladder)."),
     layers: Optional[int] = typer.Option(None, help="Number of ladder levels L (MNIST default 3)."),
     latent_dim: Optional[str] = typer.Option(None, help="Code width per level: one value (e.g. 2) or one per level, bottom first (e.g. 2,2,4)."),
-    steps: int = typer.Option(TrainConfig.steps, help="Optimizer steps."),
+    steps: Optional[int] = typer.Option(None, help=f"Optimizer steps (default {TrainConfig.steps}; with --resume: the run's)."),
     batch_size: int = typer.Option(TrainConfig.batch_size, help="Images per step."),
-    lr: float = typer.Option(TrainConfig.lr, help="Adam learning rate."),
+    lr: Optional[float] = typer.Option(None, help=f"Adam learning rate (default {TrainConfig.lr:g}; with --resume: the run's)."),
+    grad_clip: Optional[float] = typer.Option(None, help="Clip the global gradient norm to this; 0 = off (default 0; with --resume: the run's)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder (or from this ckpt.safetensors) "
+                                          "exactly where it stopped; model and data options then come from it."),
     warmup: float = typer.Option(TrainConfig.warmup, help="KL warm-up: weight 1 - exp(-step / warmup); 0 = no warm-up."),
     output: str = typer.Option("gaussian", help="r(x | z): gaussian (fixed variance, the paper), laplace (L1) or bernoulli."),
     join: str = typer.Option("concat", help="Ladder join: concat (eq. 11) or gated_add (authors' MNIST code)."),
@@ -65,7 +75,8 @@ def train(
     kernels: Optional[str] = KERNELS,
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<dataset>-<model>-<timestamp>)."),
     data_dir: Optional[Path] = DATA_DIR,
-    save_every: int = typer.Option(TrainConfig.save_every, help="Steps between checkpoints (0 = only at the end)."),
+    save_every: Optional[int] = typer.Option(None, help=f"Steps between checkpoints; 0 = only at the end (default {TrainConfig.save_every}; with --resume: the run's)."),
+    log_every: Optional[int] = typer.Option(None, help=f"Steps between metrics.jsonl lines (default {TrainConfig.log_every}; with --resume: the run's)."),
     train_limit: Optional[int] = typer.Option(None, help="Train on only the first N images (quick experiments)."),
     eval_limit: Optional[int] = typer.Option(None, help="Evaluate on only the first N test images."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
@@ -73,23 +84,51 @@ def train(
     grayscale: bool = typer.Option(False, "--grayscale", help="folder: force grey-level images (default: detected)."),
     rgb: bool = typer.Option(False, "--rgb", help="folder: force RGB images (default: detected)."),
     svhn_extra: bool = typer.Option(False, "--svhn-extra", help="svhn: add extra_32x32.mat to training, as the authors did."),
+    nproc: int = typer.Option(1, help="Processes for data-parallel training (torchrun + DDP): one per GPU, or CPU "
+                              "processes (gloo). --batch-size is the global batch, split evenly."),
 ) -> None:
-    """Train a model; writes OUT/ckpt.safetensors and OUT/metrics.jsonl, then prints the test-set ELBO."""
-    if steps < 1 or batch_size < 1:
-        raise typer.BadParameter("--steps and --batch-size must be at least 1")
+    """Train a model; writes OUT/ckpt.safetensors and OUT/metrics.jsonl, then prints the test-set ELBO.
+    Ctrl-C saves a checkpoint and stops; --resume OUT continues the run."""
+    if nproc < 1:
+        raise typer.BadParameter("--nproc must be at least 1")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start it
+        one_dir = [] if out_dir or resume else ["--out", str(default_run_dir(dataset, model))]  # same for all ranks
+        raise typer.Exit(code=distributed.launch(nproc, sys.argv[1:] + one_dir))
+    if any(v is not None and v < 1 for v in (steps, batch_size, log_every)):
+        raise typer.BadParameter("--steps, --batch-size and --log-every must be at least 1")
+    if grad_clip is not None and grad_clip < 0:
+        raise typer.BadParameter("--grad-clip must be 0 (off) or a positive norm")
     if grayscale and rgb:
         raise typer.BadParameter("give --grayscale or --rgb, not both")
     try:
-        opts = data_options(dataset, image_size, "grayscale" if grayscale else "rgb" if rgb else None, svhn_extra)
-        shape = image_shape_of(dataset, data_dir, **opts)
-        mcfg = default_config(dataset, model, layers, parse_dims(latent_dim), output=output, join=join, image_shape=shape)
-        tcfg = TrainConfig(dataset=dataset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed,
-                           device=device, save_every=save_every, data_dir=str(data_dir) if data_dir else None,
-                           train_limit=train_limit, eval_limit=eval_limit, kernels=kernels, data_options=opts)
-        run_dir = out_dir or Path("runs") / f"{dataset}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
-        result = run_training(mcfg, tcfg, run_dir, show_progress=progress)
+        start, data = None, str(data_dir) if data_dir else None
+        if resume is not None:
+            mcfg, tcfg, start = plan_resume(resume, dataset, steps=steps, lr=lr, grad_clip=grad_clip, device=device,
+                                            save_every=save_every, log_every=log_every, data_dir=data,
+                                            eval_limit=eval_limit)
+            if kernels is not None:
+                tcfg.kernels = kernels
+            run_dir = out_dir or Path(start.path).parent
+        else:
+            opts = data_options(dataset, image_size, "grayscale" if grayscale else "rgb" if rgb else None, svhn_extra)
+            shape = image_shape_of(dataset, data_dir, **opts)
+            mcfg = default_config(dataset, model, layers, parse_dims(latent_dim), output=output, join=join,
+                                  image_shape=shape)
+            tcfg = TrainConfig(dataset=dataset, steps=steps or TrainConfig.steps, batch_size=batch_size,
+                               lr=TrainConfig.lr if lr is None else lr, warmup=warmup, seed=seed, device=device,
+                               save_every=TrainConfig.save_every if save_every is None else save_every,
+                               log_every=log_every or TrainConfig.log_every, data_dir=data,
+                               train_limit=train_limit, eval_limit=eval_limit, grad_clip=grad_clip or 0.0,
+                               kernels=kernels, data_options=opts)
+            run_dir = out_dir or default_run_dir(dataset, model)
+        result = run_training(mcfg, tcfg, run_dir, show_progress=progress, start=start)
+    except TrainingStopped as e:
+        err.print(f"[bold yellow]stopped:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=e.exit_code)
     except VlaeError as e:
         raise fail(e)
+    if "rank" in result:  # torchrun's other ranks: rank 0 reports
+        return
     kl = ", ".join(f"{v:.2f}" for v in result["kl"])
     out.print(f"test ELBO {result['elbo']:.2f} nats/image  (-log r(x|z) {result['recon_nll']:.2f}, KL per level [{kl}])")
     out.print(f"test reconstruction error: {result['mse']:.5f} mean squared error per pixel  "

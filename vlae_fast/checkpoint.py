@@ -2,6 +2,8 @@
 
 Tensors:  model.<name>                 every parameter and buffer of the model
           optim.<i>.<key>              the optimizer's per-parameter state (Adam: step, exp_avg, exp_avg_sq)
+          rng.<which>                  random-generator states as uint8 tensors, for resuming: rng.cpu and
+                                       rng.cuda.<i> (one process), rng.rank<r>.cpu / .cuda (DDP)
 Metadata (all JSON strings): format, config (the model config), train (training options), step,
           optim (param-group hyper-parameters), metrics (latest training / evaluation figures), versions.
 """
@@ -23,6 +25,7 @@ from .errors import CheckpointError, ConfigError
 from .models import build_model, make_config
 
 FORMAT = "vlae-fast/1"
+CKPT_NAME = "ckpt.safetensors"  # the file `vlae train` writes in its run folder
 
 
 @dataclass
@@ -34,6 +37,8 @@ class Checkpoint:
     step: int = 0
     train: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    rng: dict[str, torch.Tensor] = field(default_factory=dict)  # 'cpu', 'cuda.<i>' -> uint8 state
+    path: str = ""  # the file it was read from, for messages
 
 
 def _optim_tensors(optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -49,12 +54,15 @@ def _optim_tensors(optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, t
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None,
-                    step: int = 0, train: dict | None = None, metrics: dict | None = None) -> Path:
-    """Write model (+ optimizer) to `path` atomically: temp file in the same folder, fsync, rename."""
+                    step: int = 0, train: dict | None = None, metrics: dict | None = None,
+                    rng: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write model (+ optimizer, + RNG states) to `path` atomically: temp file in the same folder, fsync,
+    rename. A kill at any instant leaves either the previous file or the new one, never a mix."""
     path = Path(path)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     optim_tensors, optim_meta = _optim_tensors(optimizer)
     tensors.update(optim_tensors)
+    tensors.update({f"rng.{k}": v.detach().cpu().contiguous() for k, v in (rng or {}).items()})
     meta = {
         "format": FORMAT,
         "config": json.dumps(model.cfg.to_dict()),
@@ -90,13 +98,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, optimizer: torch.opti
     return path
 
 
-def _json(meta: dict, key: str, path: Path):
+def _json(meta: dict, key: str, path: Path) -> dict:
     try:
-        return json.loads(meta[key])
+        value = json.loads(meta[key])
     except KeyError:
         raise CheckpointError(f"{path}: metadata has no {key!r} entry; not a complete vlae-fast checkpoint") from None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON; the file is corrupt") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: metadata {key!r} should be a JSON object, not {type(value).__name__}; "
+                              "the file is corrupt")
+    return value
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -113,7 +125,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         # safetensors.torch.load drops the metadata; read it from the header (validated just above).
         n = int.from_bytes(blob[:8], "little")
         meta = json.loads(blob[8 : 8 + n]).get("__metadata__") or {}
-    except (SafetensorError, ValueError, RuntimeError, OverflowError, MemoryError) as e:
+    except (SafetensorError, ValueError, RuntimeError, OverflowError, MemoryError, RecursionError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path} is not a readable safetensors file ({msg}); it may be truncated or corrupt") from None
     if meta.get("format") != FORMAT:
@@ -123,17 +135,29 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         step = int(meta.get("step", "0"))
     except (ConfigError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: {e}") from None
+    if step < 0:
+        raise CheckpointError(f"{path}: metadata step is {step}, a negative step count; the file is corrupt")
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     optim_state = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
+    rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
     return Checkpoint(config, model_state, optim_state, _json(meta, "optim", path), step,
-                      _json(meta, "train", path), _json(meta, "metrics", path))
+                      _json(meta, "train", path), _json(meta, "metrics", path), rng, str(path))
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Checkpoint]:
-    """Rebuild the model a checkpoint describes, load its weights strictly, move it to `device`."""
-    ckpt = read_checkpoint(path)
-    model = build_model(ckpt.config)
-    expected = model.state_dict()
+def expected_state(config, path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict the config's model has, built on the meta device: shapes and dtypes, no memory, so a
+    config claiming huge widths costs nothing before it is checked against the file's tensors."""
+    try:
+        with torch.device("meta"):
+            return build_model(config).state_dict()
+    except (RuntimeError, ValueError, TypeError, ZeroDivisionError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: its {config.model} config describes no buildable model ({msg}); "
+                              "the file is corrupt or from another version") from None
+
+
+def check_fits(expected: dict[str, torch.Tensor], ckpt: Checkpoint, path: str | Path) -> None:
+    """CheckpointError naming every missing, unexpected and wrongly shaped or typed tensor at once."""
     missing = sorted(set(expected) - set(ckpt.model_state))
     unexpected = sorted(set(ckpt.model_state) - set(expected))
     wrong = [f"{k} {tuple(v.shape)}/{v.dtype} (expected {tuple(expected[k].shape)}/{expected[k].dtype})"
@@ -145,18 +169,38 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
                  f"wrong shape/dtype {wrong[:2]}" if wrong else ""]
         raise CheckpointError(f"{path}: weights do not fit its {ckpt.config.model} config: "
                               + "; ".join(p for p in parts if p))
+
+
+def load_weights(model: nn.Module, ckpt: Checkpoint, path: str | Path) -> None:
+    """Load ckpt's weights into `model` strictly; CheckpointError naming every key that does not fit."""
+    check_fits(model.state_dict(), ckpt, path)
     model.load_state_dict(ckpt.model_state, strict=True)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Checkpoint]:
+    """Rebuild the model a checkpoint describes, load its weights strictly, move it to `device`."""
+    ckpt = read_checkpoint(path)
+    check_fits(expected_state(ckpt.config, path), ckpt, path)  # before allocating anything
+    model = build_model(ckpt.config)
+    load_weights(model, ckpt, path)
     return model.to(device), ckpt
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
-    """Restore the optimizer state saved by save_checkpoint (for resuming)."""
+    """Restore the optimizer state saved by save_checkpoint (for resuming). Each moment tensor must have its
+    parameter's shape: Adam itself would only fail later, inside a training step."""
+    where = ckpt.path or "the checkpoint"
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict] = {}
-    for key, t in ckpt.optim_state.items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = t
-    sd = {"state": state, "param_groups": ckpt.optim_meta.get("param_groups", optimizer.state_dict()["param_groups"])}
     try:
+        for key, t in ckpt.optim_state.items():
+            i, name = key.split(".", 1)
+            i = int(i)
+            if not 0 <= i < len(params) or (t.dim() > 0 and t.shape != params[i].shape):
+                raise ValueError(f"tensor optim.{key} {tuple(t.shape)} fits no parameter")
+            state.setdefault(i, {})[name] = t
+        sd = {"state": state, "param_groups": ckpt.optim_meta.get("param_groups", optimizer.state_dict()["param_groups"])}
         optimizer.load_state_dict(sd)
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise CheckpointError(f"optimizer state in the checkpoint does not fit this model: {e}") from None
+    except (ValueError, KeyError, RuntimeError, TypeError, IndexError, AttributeError) as e:
+        raise CheckpointError(f"{where}: its optimizer state does not fit this model ({e}); "
+                              "the file is corrupt, or start a fresh run") from None

@@ -19,3 +19,11 @@ class CheckpointError(VlaeError):
 
 class ConfigError(VlaeError):
     """An option or combination of options is invalid."""
+
+
+class TrainingStopped(VlaeError):
+    """Training stopped before its last step (a signal, or a non-finite loss); the message says how to go on."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code  # 128 + signal number after SIGINT/SIGTERM, as shells report; else 2

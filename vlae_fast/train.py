@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import save_checkpoint
+from . import distributed, guards, resume
+from .checkpoint import CKPT_NAME, Checkpoint, save_checkpoint
 from .data import ImageSet, load_dataset
 from .errors import ConfigError
 from .kernels import set_backend
@@ -38,6 +40,7 @@ class TrainConfig:
     kernels: str | None = None  # auto | triton | torch; None = keep the library's choice ($VLAE_KERNELS, else auto)
     noise_seed: int | None = None  # draw the training noise eps on the CPU from this seed, the same on every kernel path
     data_options: dict = field(default_factory=dict)  # loader options (folder: image_size, color; svhn: extra)
+    grad_clip: float = 0.0  # max global gradient norm; 0 = off (the authors do not clip)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -48,6 +51,16 @@ def resolve_device(name: str) -> torch.device:
     if name != "cpu" and not name.startswith("cuda"):
         raise ConfigError(f"--device must be auto, cpu or cuda[:N]; got {name!r}")
     return torch.device(name)
+
+
+def explicit_noise(seed: int, step: int, rank: int, n: int, dims, device: torch.device) -> list[torch.Tensor]:
+    """The z noise of `step` drawn on the CPU from (seed, step, rank) alone: one [n, d_l] draw per level.
+
+    The same on every kernel path (so Triton and the reference can be compared step for step), and
+    a pure function of the step, so a resumed run replays it without saving generator state.
+    """
+    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + rank)
+    return [torch.randn(n, d, generator=g).to(device) for d in dims]
 
 
 def kl_weight(step: int, warmup: float) -> float:
@@ -94,18 +107,27 @@ def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 500, seed: int 
             "mse": totals["sse"] / (n * data.x[0].numel()), "images": n}
 
 
-def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool = True) -> dict:
+def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool = True,
+          start: Checkpoint | None = None) -> dict:
     """Train a model described by `model_cfg` on cfg.dataset; write out_dir/ckpt.safetensors and
-    out_dir/metrics.jsonl. Returns the final test-set evaluation (see `evaluate`) plus timing."""
+    out_dir/metrics.jsonl. Returns the final test-set evaluation (see `evaluate`) plus timing.
+
+    start: a checkpoint to continue from (see resume.plan_resume): its step, weights, optimizer and RNG
+    state. SIGINT/SIGTERM save a checkpoint and raise TrainingStopped; so does a non-finite loss (without
+    saving). Both messages say how to resume."""
     out_dir = Path(out_dir)
+    device = resolve_device(cfg.device)
+    rank, device = distributed.setup(device)  # one process, or one of torchrun's
+    distributed.check_batch(cfg.batch_size, rank)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.jsonl").touch()
+        if rank.main:  # rank 0 alone touches the run folder
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "metrics.jsonl").touch()
     except OSError as e:
         raise ConfigError(f"--out {out_dir}: cannot write there ({e.strerror}); choose another folder") from None
-    device = resolve_device(cfg.device)
     if cfg.kernels is not None:
         set_backend(cfg.kernels)  # ConfigError for an unknown name, or triton where it is missing
+    show_progress = show_progress and rank.main
     torch.manual_seed(cfg.seed)
 
     train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, **cfg.data_options)
@@ -125,45 +147,76 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     model = build_model(model_cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     train_info = asdict(cfg)
-    log = open(out_dir / "metrics.jsonl", "a")
-    ckpt_path = out_dir / "ckpt.safetensors"
+    ckpt_path = out_dir / CKPT_NAME
+    first, last_saved = 0, None
+    if start is not None:  # after the model is built: its random init is then overwritten
+        first = resume.restore(start, model, optimizer, cfg.lr)
+        last_saved = start.path
+        if rank.main:
+            resume.trim_metrics(out_dir / "metrics.jsonl", first)
+            resume.remove_stale_temps(ckpt_path)
+    net = distributed.wrap(model, rank, device)  # `model` itself for one process
+    if rank.world > 1 and not (start and distributed.restore_rank_rng(start.rng, rank, device)):
+        torch.manual_seed(cfg.seed * 1_000_003 + first * 1009 + rank.rank + 1)  # every rank its own noise
+    resume_hint = f"vlae train {cfg.dataset} --resume {out_dir}"
+    log = open(out_dir / "metrics.jsonl" if rank.main else os.devnull, "a")  # rank 0 alone writes
     last: dict = {}
-    noise = None if cfg.noise_seed is None else torch.Generator().manual_seed(cfg.noise_seed)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - (resume.seconds_so_far(start) if start else 0.0)  # the curve's clock goes on
     model.train()
-    with progress_bar(show_progress) as bar:
-        task = bar.add_task("train", total=cfg.steps, stats="")
-        for step in range(cfg.steps):
-            x = train_set.batch(batch_indices(step, len(train_set), cfg.batch_size, cfg.seed, device))
+    with progress_bar(show_progress) as bar, guards.StopRequest() as stop:
+        task = bar.add_task("train", total=cfg.steps, completed=first, stats="")
+        for step in range(first, cfg.steps):
+            idx = batch_indices(step, len(train_set), cfg.batch_size, cfg.seed, device)
+            x = train_set.batch(distributed.shard(idx, rank))  # [B / world, C, H, W]
             w = kl_weight(step, cfg.warmup)
-            eps = None if noise is None else [  # explicit z noise: one [B, d_l] draw per level
-                torch.randn(len(x), d, generator=noise).to(device) for d in model_cfg.latent_dims]
-            out = model(x, eps)
+            eps = None if cfg.noise_seed is None else explicit_noise(cfg.noise_seed, step, rank.rank, len(x),
+                                                                     model_cfg.latent_dims, device)
+            out = net(x, eps)
             recon, kl = out.recon.mean(), out.kl.mean(0)  # kl: [L]
             loss = recon + w * kl.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            bad_norm = guards.clip_and_check(model, loss, cfg.grad_clip)
+            if bad_norm is not None:
+                log.close()
+                raise guards.non_finite(step + 1, loss.item(), bad_norm, cfg.lr, cfg.grad_clip, last_saved, resume_hint)
             optimizer.step()
 
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
-                kl_list = kl.tolist()  # a CPU-GPU sync point: only every log_every steps
-                last = {"step": done, "loss": loss.item(), "recon": recon.item(), "kl": kl_list,
+                figures = distributed.mean_over_ranks(torch.cat([loss.detach()[None], recon.detach()[None], kl.detach()]), rank)
+                loss_v, recon_v, *kl_list = figures.tolist()  # a CPU-GPU sync point: only every log_every steps
+                last = {"step": done, "loss": loss_v, "recon": recon_v, "kl": kl_list,
                         "kl_weight": w, "seconds": round(time.perf_counter() - t0, 2)}
                 log.write(json.dumps(last) + "\n")
                 log.flush()
                 kl_txt = " ".join(f"KL{l}={v:.2f}" for l, v in enumerate(kl_list, 1))
                 bar.update(task, stats=f"loss={last['loss']:.2f} recon={last['recon']:.2f} {kl_txt}")
             bar.update(task, completed=done)
-            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-                save_checkpoint(ckpt_path, model, optimizer=optimizer, step=done, train=train_info,
-                                metrics={"train": last})
+            stopping = distributed.any_rank(stop.requested, rank, device)  # all ranks stop at the same step
+            if (cfg.save_every and done % cfg.save_every == 0 or stopping) and done < cfg.steps:
+                rng = distributed.rng_states(rank, device, resume.rng_state())  # every rank's, gathered
+                if rank.main:
+                    save_checkpoint(ckpt_path, model, optimizer=optimizer, step=done, train=train_info,
+                                    metrics={"train": last}, rng=rng)
+                last_saved = str(ckpt_path)
+            if stopping and done < cfg.steps:
+                log.close()
+                distributed.teardown(rank)
+                raise stop.stopped(done, cfg.steps, str(ckpt_path), resume_hint)
     seconds = time.perf_counter() - t0
-    result = evaluate(model, test_set, seed=cfg.seed)
-    result.update(train_seconds=round(seconds, 1), steps=cfg.steps, device=str(device))
-    log.write(json.dumps({"step": cfg.steps, "test": result}) + "\n")
-    log.close()
-    save_checkpoint(ckpt_path, model, optimizer=optimizer, step=cfg.steps, train=train_info,
-                    metrics={"train": last, "test": result})
+    rng = distributed.rng_states(rank, device, resume.rng_state())  # before evaluate() reseeds
+    if not rank.main:
+        log.close()
+        distributed.teardown(rank)
+        return {"rank": rank.rank}
+    with guards.StopRequest():  # all steps are done: a Ctrl-C now waits for the final checkpoint
+        result = evaluate(model, test_set, seed=cfg.seed)
+        result.update(train_seconds=round(seconds, 1), steps=cfg.steps, device=str(device))
+        log.write(json.dumps({"step": cfg.steps, "test": result}) + "\n")
+        log.close()
+        save_checkpoint(ckpt_path, model, optimizer=optimizer, step=cfg.steps, train=train_info,
+                        metrics={"train": last, "test": result}, rng=rng)
+    distributed.teardown(rank)
     result["checkpoint"] = str(ckpt_path)
     return result

@@ -1,0 +1,120 @@
+"""DDP on the CPU with gloo and 2 processes: one step's gradient equals the single-process gradient of
+the combined batch (batch norm over the global batch included), and torchrun runs the CLI."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from vlae_fast import distributed
+from vlae_fast.checkpoint import load_model
+from vlae_fast.models import build_model, make_config
+
+TINY = {"model": "vlae", "latent_dims": [2, 3], "channels": [4, 8], "hidden": 16}
+B, WORLD = 12, 2
+
+
+def tiny_model():
+    """float64, so that the comparison is not lost in float32 rounding: the biases just before a batch
+    norm have a true gradient of 0, and in float32 both sides only show rounding noise there."""
+    torch.manual_seed(0)
+    return build_model(make_config(TINY)).double()
+
+
+def inputs():
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(B, 1, 28, 28, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    eps = [torch.randn(B, d, generator=g, dtype=torch.float64) for d in TINY["latent_dims"]]
+    return x, eps
+
+
+def one_step(net, x, eps, w=0.3):
+    out = net(x, eps)
+    loss = out.recon.mean() + w * out.kl.mean(0).sum()  # the training loop's loss
+    loss.backward()
+
+
+def worker(rank: int, store: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    d, device = distributed.setup(torch.device("cpu"))
+    model = tiny_model()
+    net = distributed.wrap(model, d, device)
+    x, eps = inputs()
+    idx = distributed.shard(torch.arange(B), d)
+    one_step(net, x[idx], [e[idx] for e in eps])
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    bufs = {f"buf.{n}": b.double() for n, b in model.named_buffers()}
+    save_file({**grads, **bufs}, f"{out_dir}/rank{rank}.safetensors")
+    distributed.teardown(d)
+
+
+def test_two_process_gradient_equals_combined_batch_gradient(tmp_path):
+    torch.multiprocessing.spawn(worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD)
+    model = tiny_model()
+    x, eps = inputs()
+    one_step(model, x, eps)
+    want = {**{n: p.grad for n, p in model.named_parameters()},
+            **{f"buf.{n}": b.double() for n, b in model.named_buffers()}}
+    for r in range(WORLD):
+        got = load_file(tmp_path / f"rank{r}.safetensors")
+        assert set(got) == set(want)
+        for n, g in want.items():  # sums in another order, and var as E[x^2] - mean^2
+            torch.testing.assert_close(got[n], g, rtol=1e-7, atol=1e-9, msg=lambda m: f"rank {r} {n}: {m}")
+    assert max(g.abs().max() for n, g in want.items() if not n.startswith("buf")) > 0
+
+
+def test_batch_must_split_over_ranks():
+    from vlae_fast.errors import ConfigError
+    with pytest.raises(ConfigError, match="multiple of 2"):
+        distributed.check_batch(25, distributed.Dist(0, 2, 0))
+
+
+@pytest.mark.slow
+def test_nproc_2_runs_torchrun_and_rank0_alone_writes(tmp_path, mnist_dir):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vlae_fast.cli", "train", "mnist", "--nproc", "2", "--data-dir", str(mnist_dir), "--train-limit", "200", "--batch-size", "20", "--steps", "3",
+           "--layers", "2", "--log-every", "1", "--save-every", "2", "--eval-limit", "50", "--device", "cpu",
+           "--no-progress", "--out", str(run)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    print(p.stdout)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("test ELBO") == 1 and "checkpoint:" in p.stdout  # rank 0 alone reports
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4, lines  # 3 steps + the test line, written once
+    model, ckpt = load_model(run / "ckpt.safetensors")  # loads like any other checkpoint
+    assert ckpt.step == 3 and ckpt.config.layers == 2
+    assert sorted(f.name for f in run.iterdir()) == ["ckpt.safetensors", "metrics.jsonl"]
+
+
+def resume_worker(rank: int, tmp: str, mnist_dir: str) -> None:
+    """Run A: 4 steps. Run B: 2 steps, then resumed to 4. Each in a fresh process group."""
+    from vlae_fast.resume import plan_resume
+    from vlae_fast.train import TrainConfig, train
+    torch.set_num_threads(1)
+    cfg = TrainConfig(steps=4, batch_size=8, train_limit=40, eval_limit=8, data_dir=mnist_dir, save_every=2,
+                      log_every=1, device="cpu", warmup=3)
+    for i, (name, steps, resume) in enumerate([("a", 4, False), ("b", 2, False), ("b", 4, True)]):
+        dist.init_process_group("gloo", init_method=f"file://{tmp}/store{i}", rank=rank, world_size=WORLD)
+        if resume:
+            mcfg, c, start = plan_resume(f"{tmp}/{name}", steps=steps)
+        else:
+            mcfg, c, start = make_config(TINY), TrainConfig(**{**cfg.__dict__, "steps": steps}), None
+        train(mcfg, c, f"{tmp}/{name}", show_progress=False, start=start)
+
+
+def test_two_process_run_resumes_exactly(tmp_path, mnist_dir):
+    torch.multiprocessing.spawn(resume_worker, args=(str(tmp_path), str(mnist_dir)), nprocs=WORLD)
+    a = load_file(tmp_path / "a" / "ckpt.safetensors")
+    b = load_file(tmp_path / "b" / "ckpt.safetensors")
+    assert {"rng.rank0.cpu", "rng.rank1.cpu"} <= set(a) and not torch.equal(a["rng.rank0.cpu"], a["rng.rank1.cpu"])
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+    curve = lambda r: [(l["step"], l["loss"]) for l in map(json.loads, (tmp_path / r / "metrics.jsonl").read_text().splitlines())
+                       if "loss" in l]
+    assert curve("a") == curve("b") and len(curve("a")) == 4

@@ -1,0 +1,123 @@
+"""The NaN/inf guard, --grad-clip, atomic checkpoint writes, and the download checksum."""
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vlae_fast.checkpoint import read_checkpoint, save_checkpoint
+from vlae_fast.cli.app import app
+from vlae_fast.data.download import download
+from vlae_fast.errors import DataError, TrainingStopped
+from vlae_fast.guards import clip_and_check
+from vlae_fast.models import build_model, make_config
+from vlae_fast.train import TrainConfig, train
+
+TINY = {"model": "vlae", "latent_dims": [2, 2], "channels": [4, 8], "hidden": 16}
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model(make_config(TINY))
+
+
+def test_clip_and_check_clips_and_flags_non_finite():
+    model = tiny_model()
+    out = model(torch.rand(8, 1, 28, 28) + 0.3)
+    loss = 1e3 * (out.recon.mean() + out.kl.sum())  # a large gradient
+    loss.backward()
+    before = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
+    assert clip_and_check(model, loss, grad_clip=0.0) is None
+    assert clip_and_check(model, loss, grad_clip=0.5) is None
+    after = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
+    assert before > 1 and after == pytest.approx(0.5, rel=1e-4), (before, after)
+    next(model.parameters()).grad[0] = float("inf")
+    assert clip_and_check(model, loss, grad_clip=0.0) == float("inf")
+    assert clip_and_check(model, loss.detach() * float("nan"), grad_clip=1.0) is not None
+
+
+def test_non_finite_loss_stops_names_the_step_and_keeps_last_good_checkpoint(tmp_path, mnist_dir):
+    # lr 1e30: the first step is fine, its update blows the weights up, a later loss is not finite
+    cfg = TrainConfig(steps=6, batch_size=20, lr=1e30, train_limit=100, eval_limit=20, data_dir=str(mnist_dir),
+                      save_every=1, log_every=1, device="cpu", warmup=0)
+    with pytest.raises(TrainingStopped) as e:
+        train(make_config(TINY), cfg, tmp_path, show_progress=False)
+    msg = str(e.value)
+    ckpt = read_checkpoint(tmp_path / "ckpt.safetensors")
+    assert msg.startswith(f"step {ckpt.step + 1}: the loss is nan"), msg  # the bad step follows the kept one
+    assert "--lr" in msg and "--grad-clip" in msg and f"--resume {tmp_path}" in msg, msg
+    assert ckpt.step >= 1 and all(torch.isfinite(t).all() for t in ckpt.model_state.values() if t.is_floating_point())
+    assert e.value.exit_code == 2
+
+
+def test_atomic_save_survives_sigkill_at_random_instants(tmp_path):
+    """A child saves checkpoints in a loop; SIGKILL at random instants must leave a loadable file."""
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, tiny_model(), step=0)
+    child = f"""
+import sys, torch
+from vlae_fast.checkpoint import save_checkpoint
+from vlae_fast.models import build_model, make_config
+model = build_model(make_config({TINY!r}))
+print("ready", flush=True)
+for step in range(1, 10**9):
+    save_checkpoint({str(path)!r}, model, step=step)
+"""
+    rng = torch.Generator().manual_seed(1)
+    steps = []
+    for _ in range(6):
+        p = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(0.05 + 0.4 * torch.rand(1, generator=rng).item())
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        steps.append(read_checkpoint(path).step)  # raises if the kill left a broken file
+    assert max(steps) > 0, steps  # the children did overwrite the file while being killed
+    assert all(not f.name.startswith(".ckpt") or f.suffix == ".tmp" for f in tmp_path.iterdir())
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, tiny_model(), step=3)
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OSError):
+        save_checkpoint(path, tiny_model(), step=4)
+    assert read_checkpoint(path).step == 3 and [f.name for f in tmp_path.iterdir()] == [path.name]
+
+
+def test_tampered_download_is_rejected(tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    good = b"\x1f\x8b real file contents"
+    (mirror / "data.gz").write_bytes(good[:-1] + b"X")  # one byte changed in transit
+    with pytest.raises(DataError) as e:
+        download("data.gz", [mirror.as_uri() + "/"], hashlib.sha256(good).hexdigest(), tmp_path / "dest")
+    assert "checksum mismatch" in str(e.value) and "rejected" in str(e.value)
+    assert list((tmp_path / "dest").iterdir()) == []  # nothing tampered is left behind
+    (mirror / "data.gz").write_bytes(good)
+    got = download("data.gz", [mirror.as_uri() + "/"], hashlib.sha256(good).hexdigest(), tmp_path / "dest")
+    assert got.read_bytes() == good
+
+
+def test_cli_resume_errors_are_one_line(tmp_path):
+    r = CliRunner().invoke(app, ["train", "mnist", "--resume", str(tmp_path)])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and "no ckpt.safetensors" in r.stderr
+
+
+def test_sigterm_is_caught_once_then_handlers_are_restored():
+    from vlae_fast.guards import StopRequest
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs between bytecodes of the main thread
+        assert stop.requested
+        e = stop.stopped(7, 10, "run/ckpt.safetensors", "vlae train mnist --resume run")
+        assert signal.getsignal(signal.SIGTERM) == before  # a second SIGTERM would stop at once
+    assert e.exit_code == 143 and str(e).startswith("SIGTERM received: stopped after step 7/10") and "--resume run" in str(e)
+    assert signal.getsignal(signal.SIGTERM) == before
