@@ -112,8 +112,10 @@ def test_training_on_triton_matches_torch(tmp_path, mnist_dir):
     # stays inside that bound, and nearly all agree to float tolerance.
     bound = 2 * TrainConfig.lr * 3
     diffs = torch.cat([(tri_w[k].double() - ref_w[k].double()).abs().flatten()
-                       for k in ref_w if ref_w[k].is_floating_point()])
+                       for k in ref_w if k.startswith("model.") and ref_w[k].is_floating_point()])
     assert diffs.max().item() <= bound, diffs.max()
+    # (Adam's moments are left out: float32 gradients of weights feeding a BatchNorm are mostly rounding
+    # noise on either path; test_model_gradients_match_in_float64 checks every gradient tightly.)
     assert (diffs > 1e-5).double().mean().item() < 0.01, (diffs > 1e-5).double().mean()
 
 
