@@ -14,7 +14,7 @@ from vlae_fast.checkpoint import load_model
 from vlae_fast.data import load_dataset
 from vlae_fast.errors import VlaeError
 from vlae_fast.images import check_writable, save_images
-from vlae_fast.models import default_config
+from vlae_fast.models import default_config, default_lr
 from vlae_fast.train import TrainConfig, resolve_device, train as run_training
 
 app = typer.Typer(
@@ -50,15 +50,15 @@ def parse_dims(text: Optional[str]) -> Optional[list[int]]:
 @app.command()
 def train(
     dataset: str = typer.Argument(..., help="Data set to train on: mnist.", show_default=False),
-    model: str = typer.Option("vlae", help="Model: vlae (the paper's ladder)."),
+    model: str = typer.Option("vlae", help="Model: vlae (the paper's ladder) or hvae (the Markov HVAE baseline, eq. 4-5)."),
     layers: Optional[int] = typer.Option(None, help="Number of ladder levels L (MNIST default 3)."),
     latent_dim: Optional[str] = typer.Option(None, help="Code width per level: one value (e.g. 2) or one per level, bottom first (e.g. 2,2,4)."),
     steps: int = typer.Option(TrainConfig.steps, help="Optimizer steps."),
     batch_size: int = typer.Option(TrainConfig.batch_size, help="Images per step."),
-    lr: float = typer.Option(TrainConfig.lr, help="Adam learning rate."),
+    lr: Optional[float] = typer.Option(None, help=f"Adam learning rate (default: the model's own, hvae 1e-4; else {TrainConfig.lr:g})."),
     warmup: float = typer.Option(TrainConfig.warmup, help="KL warm-up: weight 1 - exp(-step / warmup); 0 = no warm-up."),
     output: str = typer.Option("gaussian", help="r(x | z): gaussian (fixed variance, the paper), laplace (L1) or bernoulli."),
-    join: str = typer.Option("concat", help="Ladder join: concat (eq. 11) or gated_add (authors' MNIST code)."),
+    join: Optional[str] = typer.Option(None, help="Ladder join (vlae only): concat (eq. 11, the default) or gated_add (authors' MNIST code)."),
     seed: int = typer.Option(0, help="Random seed (weights, noise, data order)."),
     device: str = DEVICE,
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<dataset>-<model>-<timestamp>)."),
@@ -72,7 +72,9 @@ def train(
     if steps < 1 or batch_size < 1:
         raise typer.BadParameter("--steps and --batch-size must be at least 1")
     try:
-        mcfg = default_config(dataset, model, layers, parse_dims(latent_dim), output=output, join=join)
+        mcfg = default_config(dataset, model, layers, parse_dims(latent_dim), output=output,
+                              **({"join": join} if join is not None else {}))
+        lr = lr if lr is not None else default_lr(model) or TrainConfig.lr
         tcfg = TrainConfig(dataset=dataset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed,
                            device=device, save_every=save_every, data_dir=str(data_dir) if data_dir else None,
                            train_limit=train_limit, eval_limit=eval_limit)
