@@ -199,6 +199,7 @@ def gibbs(
             ckpt, trained = gibbs_lib.default_checkpoint(data_dir, device, progress)
             out.print(f"{'trained' if trained else 'reusing'} {gibbs_lib.describe(ckpt)}")
         model, info = load_model(ckpt, resolve_device(device))
+        gibbs_lib.check_hvae(model)
         data = load_dataset(info.config.dataset, "test", data_dir) if init == "data" else None
         res = gibbs_lib.run_gibbs(model, data, chains, steps, every, init, feed, seed)
         left = res["states"] if every else res["gibbs"]

@@ -81,6 +81,13 @@ def initial_states(model: nn.Module, init: str, n: int, data: ImageSet | None, s
     return data.batch(idx.to(data.x.device)).to(dev)
 
 
+def check_hvae(model: nn.Module) -> None:
+    """The chain of eq. 6 needs q(z_1 | x) and p(x | z_1) alone, i.e. a Markov HVAE."""
+    if model.cfg.model != "hvae":
+        raise ConfigError(f"`vlae gibbs` needs a Markov HVAE checkpoint (train one with --model hvae); "
+                          f"this one holds a {model.cfg.model} model")
+
+
 @torch.no_grad()
 def gibbs_chain(model: nn.Module, x0: Tensor, steps: int, every: int = 0, feed: str = "sample",
                 seed: int = 0) -> tuple[Tensor, Tensor | None]:
@@ -90,9 +97,7 @@ def gibbs_chain(model: nn.Module, x0: Tensor, steps: int, every: int = 0, feed: 
     after steps every, 2 every, ... ([steps // every, N, C, H, W]). The chain continues with a sample
     of p(x | z_1) (feed='sample', eq. 6) or with its mean (feed='mean', a deterministic-decoder variant).
     """
-    if not hasattr(model, "q_params"):
-        raise ConfigError(f"`vlae gibbs` needs a Markov HVAE checkpoint (train one with --model hvae); "
-                          f"this one holds a {model.cfg.model} model")
+    check_hvae(model)
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1; got {steps}")
     if not 0 <= every <= steps:
