@@ -124,13 +124,13 @@ def traverse(
         check_writable(out_path)
         model, _ = load_model(ckpt, resolve_device(device))
         path = save_images(generate.traverse(model, layer, steps, seed), out_path)
-        shares = variance_shares(model, steps, seed) if model.cfg.model == "hvae" else None
+        shares = variance_shares(model, seed=seed) if model.cfg.model == "hvae" else None
     except VlaeError as e:
         raise fail(e)
     out.print(f"wrote the level-{layer} traversal ({steps}x{steps}) to {path}")
     if shares:
         txt = ", ".join(f"level {l}: {s:.1%}" for l, s in enumerate(shares, 1))
-        out.print(f"share of pixel variance produced by each level's noise eps_l (Figure 3): {txt}")
+        out.print(f"share of pixel variance produced by each level's noise eps_l (Figure 3; 32x32 grid per level): {txt}")
 
 
 @app.command()
