@@ -11,12 +11,14 @@ import numpy as np
 import typer
 from rich.console import Console
 
-from vlae_fast import distributed, generate
+from vlae_fast import distributed, generate, gibbs as gibbs_lib
 from vlae_fast.checkpoint import load_model
+from vlae_fast.classifier import load_classifier, quality_scores
 from vlae_fast.data import data_options, image_shape_of, load_dataset
 from vlae_fast.errors import TrainingStopped, VlaeError
-from vlae_fast.images import check_writable, save_images
-from vlae_fast.models import default_config
+from vlae_fast.images import check_writable, save_images, save_panels
+from vlae_fast.models import default_config, default_lr
+from vlae_fast.noise import variance_shares
 from vlae_fast.resume import plan_resume
 from vlae_fast.train import TrainConfig, resolve_device, train as run_training
 
@@ -58,18 +60,18 @@ def default_run_dir(dataset: str, model: str) -> Path:
 @app.command()
 def train(
     dataset: str = typer.Argument(..., help="Data set to train on: mnist, svhn, celeba or folder (--data-dir PATH).", show_default=False),
-    model: str = typer.Option("vlae", help="Model: vlae (the paper's ladder)."),
+    model: str = typer.Option("vlae", help="Model: vlae (the paper's ladder) or hvae (the Markov HVAE baseline, eq. 4-5)."),
     layers: Optional[int] = typer.Option(None, help="Number of ladder levels L (MNIST default 3)."),
     latent_dim: Optional[str] = typer.Option(None, help="Code width per level: one value (e.g. 2) or one per level, bottom first (e.g. 2,2,4)."),
     steps: Optional[int] = typer.Option(None, help=f"Optimizer steps (default {TrainConfig.steps}; with --resume: the run's)."),
     batch_size: int = typer.Option(TrainConfig.batch_size, help="Images per step."),
-    lr: Optional[float] = typer.Option(None, help=f"Adam learning rate (default {TrainConfig.lr:g}; with --resume: the run's)."),
+    lr: Optional[float] = typer.Option(None, help=f"Adam learning rate (default: the model's own, hvae 1e-4, else {TrainConfig.lr:g}; with --resume: the run's)."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the global gradient norm to this; 0 = off (default 0; with --resume: the run's)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder (or from this ckpt.safetensors) "
                                           "exactly where it stopped; model and data options then come from it."),
     warmup: float = typer.Option(TrainConfig.warmup, help="KL warm-up: weight 1 - exp(-step / warmup); 0 = no warm-up."),
     output: str = typer.Option("gaussian", help="r(x | z): gaussian (fixed variance, the paper), laplace (L1) or bernoulli."),
-    join: str = typer.Option("concat", help="Ladder join: concat (eq. 11) or gated_add (authors' MNIST code)."),
+    join: Optional[str] = typer.Option(None, help="Ladder join (vlae only): concat (eq. 11, the default) or gated_add (authors' MNIST code)."),
     seed: int = typer.Option(0, help="Random seed (weights, noise, data order)."),
     device: str = DEVICE,
     kernels: Optional[str] = KERNELS,
@@ -112,10 +114,10 @@ def train(
         else:
             opts = data_options(dataset, image_size, "grayscale" if grayscale else "rgb" if rgb else None, svhn_extra)
             shape = image_shape_of(dataset, data_dir, **opts)
-            mcfg = default_config(dataset, model, layers, parse_dims(latent_dim), output=output, join=join,
-                                  image_shape=shape)
+            mcfg = default_config(dataset, model, layers, parse_dims(latent_dim), output=output, image_shape=shape,
+                                  **({"join": join} if join is not None else {}))
             tcfg = TrainConfig(dataset=dataset, steps=steps or TrainConfig.steps, batch_size=batch_size,
-                               lr=TrainConfig.lr if lr is None else lr, warmup=warmup, seed=seed, device=device,
+                               lr=lr if lr is not None else default_lr(model) or TrainConfig.lr, warmup=warmup, seed=seed, device=device,
                                save_every=TrainConfig.save_every if save_every is None else save_every,
                                log_every=log_every or TrainConfig.log_every, data_dir=data,
                                train_limit=train_limit, eval_limit=eval_limit, grad_clip=grad_clip or 0.0,
@@ -169,9 +171,13 @@ def traverse(
         check_writable(out_path)
         model, _ = load_model(ckpt, resolve_device(device))
         path = save_images(generate.traverse(model, layer, steps, seed), out_path)
+        shares = variance_shares(model, seed=seed) if model.cfg.model == "hvae" else None
     except VlaeError as e:
         raise fail(e)
     out.print(f"wrote the level-{layer} traversal ({steps}x{steps}) to {path}")
+    if shares:
+        txt = ", ".join(f"level {l}: {s:.1%}" for l, s in enumerate(shares, 1))
+        out.print(f"share of pixel variance produced by each level's noise eps_l (Figure 3; 32x32 grid per level): {txt}")
 
 
 @app.command()
@@ -213,6 +219,54 @@ def encode(
         raise fail(e)
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in codes.items())
     out.print(f"wrote {shapes} to {out_path}")
+
+
+@app.command()
+def gibbs(
+    ckpt: Optional[Path] = typer.Argument(None, show_default=False, help=(
+        "An HVAE ckpt.safetensors (`vlae train mnist --model hvae`). Without it, the paper's 3-level MNIST HVAE "
+        f"is trained once under {gibbs_lib.DEFAULT_RUN}/ (~30 min on 2 CPU cores) and reused after.")),
+    steps: int = typer.Option(100, "--steps", help="Gibbs steps T per chain."),
+    chains: int = typer.Option(100, help="Number of chains N (and of ancestral samples beside them)."),
+    every: int = typer.Option(0, help="Also show the state after every K-th step as one row of the left panel (0 = only the last)."),
+    init: str = typer.Option("data", help="Starting points: data (random test images) or noise (uniform in [0, 1])."),
+    feed: str = typer.Option("sample", help="What continues the chain: sample (x ~ p(x|z_1), clamped to [0, 1], eq. 6) or mean."),
+    out_path: Path = typer.Option(Path("gibbs.png"), "--out", help="PNG (left Gibbs, right ancestral, labelled) or .npz (keys gibbs, ancestral[, states])."),
+    seed: int = typer.Option(0, help="Random seed (starting points, chain noise, ancestral samples)."),
+    device: str = DEVICE,
+    data_dir: Optional[Path] = DATA_DIR,
+    progress: bool = typer.Option(True, help="Show progress while training the default model or the classifier."),
+) -> None:
+    """Figure 2: a Gibbs chain on the bottom level only, z_1 ~ q(z_1|x_t), x_{t+1} ~ p(x|z_1) (eq. 6),
+    beside ancestral samples of the whole model. Images show the mean of p(x|z_1); the chain goes on
+    with a sample of it. Prints sample-quality scores from a small MNIST classifier (trained once, cached)."""
+    try:
+        check_writable(out_path)
+        if ckpt is None:
+            ckpt, trained = gibbs_lib.default_checkpoint(data_dir, device, progress)
+            out.print(f"{'trained' if trained else 'reusing'} {gibbs_lib.describe(ckpt)}")
+        model, info = load_model(ckpt, resolve_device(device))
+        gibbs_lib.check_hvae(model)
+        data = load_dataset(info.config.dataset, "test", data_dir) if init == "data" else None
+        res = gibbs_lib.run_gibbs(model, data, chains, steps, every, init, feed, seed)
+        left = res["states"] if every else res["gibbs"]
+        label = f"Gibbs on z_1, rows every {every} steps" if every else f"Gibbs on z_1, {steps} steps"
+        path = save_panels([(label, left), ("ancestral, all levels", res["ancestral"])], out_path, **res)
+        scores = None
+        if info.config.dataset == "mnist":
+            clf, acc = load_classifier(data_dir=data_dir, show_progress=progress)
+            scores = {k: quality_scores(clf, res[k]) for k in ("gibbs", "ancestral")}
+    except VlaeError as e:
+        raise fail(e)
+    out.print(f"wrote {chains} Gibbs-chain samples ({steps} steps from {init}) and {chains} ancestral samples to {path}")
+    if scores is None:
+        out.print("no quality scores: the classifier knows MNIST only")
+        return
+    out.print(f"sample quality (MNIST classifier, {acc:.2%} test accuracy): mean max-softmax confidence, "
+              f"entropy of predicted classes (max {scores['gibbs']['max_entropy']:.2f} nats)")
+    for name, s in scores.items():
+        out.print(f"  {name:9s}  confidence {s['confidence']:.3f}  class entropy {s['class_entropy']:.2f}  "
+                  f"classes {s['histogram']}")
 
 
 def main() -> None:

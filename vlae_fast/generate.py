@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from .data import ImageSet
 from .errors import ConfigError
+from .noise import noise_traverse
 
 
 def _generator(model: nn.Module, seed: int) -> torch.Generator:
@@ -29,12 +30,15 @@ def traverse(model: nn.Module, layer: int, steps: int = 10, seed: int = 0, span:
     columns: 1st) while every other level keeps one random draw for the whole grid.
     Wider level (Figures 6, 7): `steps` rows x `steps` columns; each row holds the other levels at
     one random draw and each column draws level `layer` afresh from the prior.
+    Markov HVAE (Figure 3): the same rows and columns over the reparameterization noise eps (see noise.py).
     """
     L = model.cfg.layers
     if not 1 <= layer <= L:
         raise ConfigError(f"--layer must be between 1 and {L} for this {L}-level model; got {layer}")
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1; got {steps}")
+    if model.cfg.model == "hvae":
+        return noise_traverse(model, layer, steps, seed)
     model.eval()
     g = _generator(model, seed)
     k = layer - 1

@@ -63,3 +63,31 @@ def save_images(x: Tensor, path: str | Path, ncol: int | None = None, **arrays: 
     except OSError as e:
         raise ConfigError(f"--out {path}: cannot write ({e.strerror or e})") from None
     return path
+
+
+def save_panels(panels: list[tuple[str, Tensor]], path: str | Path, gap: int = 8,
+                **arrays: Tensor) -> Path:
+    """Write labelled image grids side by side as one PNG (label above each panel), or (path ending
+    in .npz) the given `arrays` by name. Each panel: [N, C, H, W] or [rows, cols, C, H, W], as for grid()."""
+    from PIL import ImageDraw  # only this writer draws text
+
+    path = check_writable(path)
+    try:
+        if path.suffix.lower() == ".npz":
+            np.savez_compressed(path, **{k: v.detach().float().cpu().numpy() for k, v in arrays.items()})
+            return path
+        tiles = [grid(x) for _, x in panels]
+        label_h = 14  # PIL's default bitmap font is ~11 px high
+        height = label_h + max(t.shape[0] for t in tiles)
+        width = sum(t.shape[1] for t in tiles) + gap * (len(tiles) - 1)
+        mode = "L" if tiles[0].ndim == 2 else "RGB"
+        canvas = Image.new(mode, (width, height), 255 if mode == "L" else (255, 255, 255))
+        draw, left = ImageDraw.Draw(canvas), 0
+        for (label, _), tile in zip(panels, tiles):
+            draw.text((left + 2, 1), label, fill=0 if mode == "L" else (0, 0, 0))
+            canvas.paste(Image.fromarray(tile), (left, label_h))
+            left += tile.shape[1] + gap
+        canvas.save(path)
+    except OSError as e:
+        raise ConfigError(f"--out {path}: cannot write ({e.strerror or e})") from None
+    return path

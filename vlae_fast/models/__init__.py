@@ -5,11 +5,13 @@ from torch import nn
 
 from ..errors import ConfigError
 from .conv_vlae import ConvVLAE, ConvVLAEConfig
+from .hvae import HVAE, HVAEConfig
 from .vlae import VLAE, VLAEConfig
 
 REGISTRY: dict[str, tuple[type, type]] = {  # name -> (config class, model class)
     "vlae": (VLAEConfig, VLAE),
-    "conv_vlae": (ConvVLAEConfig, ConvVLAE),
+    "conv_vlae": (ConvVLAEConfig, ConvVLAE),  # the SVHN / CelebA ladders
+    "hvae": (HVAEConfig, HVAE),  # the Markov HVAE baseline (eq. 4-5)
 }
 
 
@@ -27,6 +29,11 @@ def make_config(d: dict):
 
 def build_model(cfg) -> nn.Module:
     return REGISTRY[cfg.model][1](cfg)
+
+
+def default_lr(model: str) -> float | None:
+    """The model's own Adam learning rate where it has one (hvae: 1e-4, appendix B.1); None = the trainer's."""
+    return getattr(REGISTRY[model][1], "DEFAULT_LR", None) if model in REGISTRY else None
 
 
 
@@ -73,4 +80,5 @@ def default_config(dataset: str, model: str = "vlae", layers: int | None = None,
     return make_config({"model": model, "dataset": dataset, "image_shape": image_shape,
                         "latent_dims": dims, **overrides})
 
-__all__ = ["DATASET_DEFAULTS", "REGISTRY", "VLAE", "VLAEConfig", "ConvVLAE", "ConvVLAEConfig", "build_model", "default_config", "make_config"]
+__all__ = ["DATASET_DEFAULTS", "REGISTRY", "ConvVLAE", "ConvVLAEConfig", "HVAE", "HVAEConfig", "VLAE", "VLAEConfig",
+           "build_model", "default_config", "default_lr", "make_config"]

@@ -1,0 +1,138 @@
+"""`vlae gibbs` (Figure 2), its default model, the cached classifier, and the HVAE traverse summary."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from vlae_fast import gibbs
+from vlae_fast.checkpoint import read_checkpoint
+from vlae_fast.classifier import load_classifier, quality_scores
+from vlae_fast.cli.app import app
+from vlae_fast.data import load_dataset
+from vlae_fast.errors import CheckpointError, ConfigError
+from vlae_fast.models import build_model, default_config
+
+runner = CliRunner()
+TINY = {"steps": 3, "batch_size": 50, "train_limit": 200, "eval_limit": 100, "save_every": 0}
+
+
+@pytest.fixture(scope="module")
+def hvae_ckpt(tmp_path_factory, mnist_dir):
+    """A 3-level MNIST HVAE trained for 3 steps, through the same function the bare `vlae gibbs` uses."""
+    run = tmp_path_factory.mktemp("hvae") / "runs" / "mnist-hvae-gibbs"
+    ckpt, trained = gibbs.default_checkpoint(mnist_dir, "cpu", False, run_dir=run, **TINY)
+    assert trained and ckpt.is_file()
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def classifier_cache(tmp_path_factory, mnist_dir):
+    """The classifier trained from scratch on real MNIST into a fresh cache (about a minute)."""
+    cache = tmp_path_factory.mktemp("cache")
+    path = cache / "vlae-fast" / "classifier" / "mnist-cnn.safetensors"
+    clf, acc = load_classifier(path, mnist_dir, show_progress=False)
+    return cache, path, clf, acc
+
+
+@pytest.mark.slow
+def test_classifier_reaches_95_percent_and_caches_as_safetensors(classifier_cache, mnist_dir):
+    cache, path, clf, acc = classifier_cache
+    assert acc > 0.95, f"MNIST test accuracy {acc:.4f}"
+    with safe_open(path, "pt") as f:  # a safetensors file with its accuracy in the metadata
+        assert float(f.metadata()["test_accuracy"]) == acc
+    again, acc2 = load_classifier(path)  # from the cache: no data needed, same weights
+    assert acc2 == acc
+    test = load_dataset("mnist", "test", mnist_dir)
+    x = test.batch(torch.arange(500))
+    assert torch.equal(again(x).argmax(1), clf(x).argmax(1))
+    real = quality_scores(again, x)
+    assert real["confidence"] > 0.9 and real["class_entropy"] > 2.2  # real digits: confident, all classes
+    blank = quality_scores(again, torch.zeros(50, 1, 28, 28))
+    assert blank["class_entropy"] == 0.0 and sum(blank["histogram"]) == 50  # one class: collapse shows
+
+
+def test_corrupt_classifier_cache_is_a_clear_error(tmp_path):
+    path = tmp_path / "mnist-cnn.safetensors"
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="delete it"):
+        load_classifier(path)
+
+
+def test_gibbs_chain_keeps_shapes_and_range(hvae_ckpt, mnist_dir):
+    from vlae_fast.checkpoint import load_model
+
+    model, _ = load_model(hvae_ckpt)
+    data = load_dataset("mnist", "test", mnist_dir)
+    for init in ("data", "noise"):
+        res = gibbs.run_gibbs(model, data, chains=6, steps=4, every=2, init=init, seed=1)
+        assert res["gibbs"].shape == res["ancestral"].shape == (6, 1, 28, 28)
+        assert res["states"].shape == (2, 6, 1, 28, 28)
+        torch.testing.assert_close(res["states"][-1], res["gibbs"])
+        for v in res.values():
+            assert torch.isfinite(v).all() and v.min() >= 0 and v.max() <= 1
+    x = gibbs.sample_x(torch.full((2000,), 0.5), "gaussian", 0.1, torch.Generator().manual_seed(0))
+    assert 0.09 < x.std().item() < 0.11 and x.min() >= 0 and x.max() <= 1
+    with pytest.raises(ConfigError, match="--every"):
+        gibbs.run_gibbs(model, data, chains=2, steps=3, every=5)
+
+
+def test_gibbs_refuses_a_vlae_and_unfinished_runs(tiny_ckpt, tmp_path):
+    from vlae_fast.checkpoint import load_model
+
+    vlae, _ = load_model(tiny_ckpt)
+    with pytest.raises(ConfigError, match="Markov HVAE"):
+        gibbs.gibbs_chain(vlae, torch.rand(2, 1, 28, 28), 2)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="not saved a checkpoint yet"):
+        gibbs.default_checkpoint(run_dir=tmp_path / "run")
+
+
+def test_cli_bare_gibbs_reuses_the_default_run(hvae_ckpt, classifier_cache, mnist_dir, tmp_path, monkeypatch):
+    cache, *_ = classifier_cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.chdir(hvae_ckpt.parent.parent.parent)  # the folder holding runs/mnist-hvae-gibbs
+    png = tmp_path / "g.png"
+    r = runner.invoke(app, ["gibbs", "--steps", "3", "--chains", "9", "--out", str(png), "--data-dir", str(mnist_dir),
+                            "--device", "cpu", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "reusing runs/mnist-hvae-gibbs/ckpt.safetensors" in " ".join(r.output.split())
+    assert "gibbs" in r.output and "ancestral" in r.output and "confidence" in r.output
+    img = Image.open(png)
+    assert img.size[0] > 2 * img.size[1] - 40  # two panels side by side under one label row
+    assert read_checkpoint(hvae_ckpt).step == TINY["steps"]  # not retrained
+
+    npz = tmp_path / "g.npz"
+    r = runner.invoke(app, ["gibbs", str(hvae_ckpt), "--steps", "4", "--every", "2", "--chains", "5", "--init", "noise",
+                            "--out", str(npz), "--device", "cpu", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    d = np.load(npz)
+    assert d["gibbs"].shape == d["ancestral"].shape == (5, 1, 28, 28) and d["states"].shape == (2, 5, 1, 28, 28)
+
+
+def test_cli_gibbs_errors_are_one_line(tiny_ckpt, tmp_path):
+    r = runner.invoke(app, ["gibbs", str(tiny_ckpt), "--out", str(tmp_path / "g.png"), "--no-progress"])
+    assert r.exit_code == 2 and "Markov HVAE" in r.stderr and "Traceback" not in r.output
+    r = runner.invoke(app, ["gibbs", str(tiny_ckpt), "--out", str(tmp_path / "g.gif")])
+    assert r.exit_code == 2 and ".png or .npz" in r.stderr
+
+
+def test_cli_traverse_on_hvae_prints_variance_shares(hvae_ckpt, tmp_path):
+    r = runner.invoke(app, ["traverse", str(hvae_ckpt), "--layer", "3", "--steps", "4", "--out", str(tmp_path / "t.png")])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())  # rich wraps long lines
+    assert "level 1:" in text and "level 3:" in text and "%" in text
+
+
+def test_cli_train_hvae_uses_its_own_learning_rate(tmp_path, mnist_dir):
+    r = runner.invoke(app, ["train", "mnist", "--model", "hvae", "--layers", "3", "--steps", "2", "--batch-size", "50",
+                            "--train-limit", "100", "--eval-limit", "50", "--out", str(tmp_path), "--device", "cpu",
+                            "--data-dir", str(mnist_dir), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    info = read_checkpoint(tmp_path / "ckpt.safetensors")
+    assert info.config.model == "hvae" and info.config.layers == 3 and info.train["lr"] == 1e-4
+    r = runner.invoke(app, ["train", "mnist", "--model", "hvae", "--join", "gated_add", "--steps", "1",
+                            "--out", str(tmp_path / "x"), "--data-dir", str(mnist_dir), "--no-progress"])
+    assert r.exit_code == 2 and "join" in r.stderr

@@ -1,0 +1,179 @@
+"""Markov hierarchical VAE: the paper's baseline (section 2.2, eq. 4-5; appendix B.1).
+
+Levels are numbered as in the paper: l = 1 is the bottom (closest to x), l = L the top.
+
+Generation (eq. 4):  z_L ~ N(0, I),  z_l ~ N(W1 f_l(z_{l+1}), sigm(W2 f_l(z_{l+1}))^2)  for l < L,
+                     x ~ N(f_0(z_1), sigma^2 I)
+Inference (Markov):  q(z_1 | x), q(z_{l+1} | z_l): the generator's architecture in reverse.
+Learning (eq. 5):    ELBO = E_q[log p(x | z_1) + sum_{l<L} (log p(z_l | z_{l+1}) - log q(z_l | .))] - KL_L
+                     Monte-Carlo over the one sampled path z_1 -> ... -> z_L; the top level's term is the
+                     closed-form KL(q(z_L | z_{L-1}) || N(0, I)).
+
+x depends on z_1 alone, so `decode` and `generate` read only z[0]; the noise eps_l of the
+reparameterization z_l = mu_l(z_{l+1}) + sigma_l(z_{l+1}) * eps_l drives the traversal of Figure 3.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from vlae_fast.kernels import reparam_kl
+
+from .blocks import GaussianHead, conv_bn, deconv_bn, fc_bn
+from .likelihood import DEFAULT_SCALE, OUTPUTS, neg_log_likelihood
+from .vlae import Output
+
+
+@dataclass
+class HVAEConfig:
+    model: str = "hvae"
+    dataset: str = "mnist"
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # C, H, W; H and W divisible by 4
+    latent_dims: tuple[int, ...] = (2, 2, 2)  # d_l bottom first; the paper's Figure 2-3 model has 3 levels
+    channels: tuple[int, int] = (64, 128)  # widths of f_0's transposed convolutions (and of q(z_1|x)'s convs)
+    hidden: int = 1024  # width of the two dense layers of every f_l and of their inference mirrors
+    output: str = "gaussian"  # p(x | z_1): appendix B.1's Gaussian; or laplace / bernoulli
+    output_scale: float | None = None  # sigma (gaussian) or b (laplace); None = DEFAULT_SCALE[output]
+    learn_scale: bool = False  # B.1: sigma is "specified a priori or trained"; True trains log sigma
+    extra: dict = field(default_factory=dict)  # free-form notes kept in the checkpoint
+
+    def __post_init__(self):
+        self.image_shape = tuple(int(s) for s in self.image_shape)
+        self.latent_dims = tuple(int(d) for d in self.latent_dims)
+        self.channels = tuple(int(c) for c in self.channels)
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}; got {self.output!r}")
+        if self.output_scale is None:
+            self.output_scale = DEFAULT_SCALE[self.output]
+        if self.learn_scale and self.output != "gaussian":
+            raise ValueError(f"learn_scale trains the Gaussian's sigma; output {self.output!r} has none to train")
+        if not self.latent_dims or min(self.latent_dims) < 1:
+            raise ValueError(f"latent_dims needs one positive width per level; got {self.latent_dims}")
+        C, H, W = self.image_shape
+        if H % 4 or W % 4:
+            raise ValueError(f"image height and width must be divisible by 4; got {H}x{W}")
+
+    @property
+    def layers(self) -> int:
+        return len(self.latent_dims)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log N(z; mu, exp(logvar)) summed over the last dimension, without the 0.5 log(2 pi) per unit
+    (it cancels in every log q - log p of eq. 5): [B]."""
+    return -0.5 * ((z - mu).square() * torch.exp(-logvar) + logvar).sum(dim=1)
+
+
+class HVAE(nn.Module):
+    DEFAULT_LR = 1e-4  # Adam, appendix B.1
+
+    def __init__(self, cfg: HVAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        C, H, W = cfg.image_shape
+        c1, c2 = cfg.channels
+        Hd, dims = cfg.hidden, cfg.latent_dims
+        self.feat_shape = (c2, H // 4, W // 4)
+        d_feat = c2 * (H // 4) * (W // 4)
+
+        # inference, the generator in reverse: q(z_1 | x) two stride-2 convs; q(z_{l+1} | z_l) two dense layers
+        enc = [nn.Sequential(conv_bn(C, c1), conv_bn(c1, c2), nn.Flatten())]
+        enc += [nn.Sequential(fc_bn(d, Hd), fc_bn(Hd, Hd)) for d in dims[:-1]]
+        self.enc = nn.ModuleList(enc)
+        self.q = nn.ModuleList(GaussianHead(d_feat if l == 0 else Hd, d) for l, d in enumerate(dims))
+
+        # generation: f_l (two dense layers on z_{l+1}) and the heads W1, sigm(W2 .) of p(z_l | z_{l+1}), l < L
+        self.f = nn.ModuleList(nn.Sequential(fc_bn(d, Hd, "relu"), fc_bn(Hd, Hd, "relu")) for d in dims[1:])
+        self.p = nn.ModuleList(GaussianHead(Hd, d) for d in dims[:-1])
+        # f_0: z_1 -> a c2 x H/4 x W/4 map -> two stride-1/2 transposed convolutions -> image logits
+        self.f0 = nn.Sequential(fc_bn(dims[0], d_feat, "relu"), nn.Unflatten(1, self.feat_shape),
+                                deconv_bn(c2, c1), nn.ConvTranspose2d(c1, C, 4, 2, 1))
+        self.log_sigma = nn.Parameter(torch.tensor(math.log(cfg.output_scale))) if cfg.learn_scale else None
+
+    @property
+    def sigma(self) -> float | None:
+        """The scale of p(x | z_1) (sigma for gaussian, b for laplace; None for bernoulli)."""
+        return self.log_sigma.exp().item() if self.log_sigma is not None else self.cfg.output_scale
+
+    # --- the conditionals -----------------------------------------------------------------
+    def q_params(self, l: int, h: Tensor) -> tuple[Tensor, Tensor]:
+        """q(z_{l+1} | h) as (mu, logvar) for 0-based level index l; h is x for l = 0, else z_l."""
+        return self.q[l](self.enc[l](h))
+
+    def p_params(self, l: int, z_above: Tensor) -> tuple[Tensor, Tensor]:
+        """p(z_{l+1} | z_{l+2}) as (mu, logvar) for 0-based l < L - 1: W1 f(z), 2 log sigm(W2 f(z))."""
+        return self.p[l](self.f[l](z_above))
+
+    def decode(self, z: list[Tensor]) -> Tensor:
+        """f_0(z_1) as logits [B, C, H, W]; the mean of p(x | z_1) is logits.sigmoid()."""
+        return self.f0(z[0])
+
+    def recon_nll(self, x: Tensor, logits: Tensor) -> Tensor:
+        """-log p(x | z_1) per image: [B]."""
+        if self.log_sigma is None:
+            return neg_log_likelihood(x, logits, self.cfg.output, self.cfg.output_scale)
+        nll = 0.5 * ((x - logits.sigmoid()) * torch.exp(-self.log_sigma)).square() + self.log_sigma
+        return (nll + 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+
+    # --- training -------------------------------------------------------------------------
+    def forward(self, x: Tensor, eps: list[Tensor] | None = None) -> Output:
+        """One pass of eq. 5: sample z_1 ~ q(z_1|x), z_{l+1} ~ q(z_{l+1}|z_l) (or use the given noise),
+        reconstruct x from z_1. kl[:, l] = log q(z_l|.) - log p(z_l|z_{l+1}) (one sample), top: KL to N(0, I)."""
+        L = self.cfg.layers
+        z, q_terms, h = [], [], x
+        for l in range(L):
+            mu, logvar = self.q_params(l, h)
+            z_l, kl_top = reparam_kl(mu, logvar, None if eps is None else eps[l])  # z_l = mu + sigma * eps
+            q_terms.append((mu, logvar))
+            z.append(z_l)
+            h = z_l
+        kl = []
+        for l in range(L - 1):
+            mu_p, logvar_p = self.p_params(l, z[l + 1])
+            log_q = gaussian_log_density(z[l], *q_terms[l])
+            kl.append(log_q - gaussian_log_density(z[l], mu_p, logvar_p))  # eq. 5, level l + 1
+        kl.append(kl_top)  # KL(q(z_L | z_{L-1}) || N(0, I)), closed form
+        logits = self.decode(z)
+        return Output(logits, self.recon_nll(x, logits), torch.stack(kl, dim=1), z)
+
+    # --- generation -----------------------------------------------------------------------
+    def encode(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Posterior means chained up the hierarchy: mu_1 of q(z_1|x), mu_{l+1} of q(z_{l+1}|mu_l); with logvars."""
+        mus, logvars, h = [], [], x
+        for l in range(self.cfg.layers):
+            mu, logvar = self.q_params(l, h)
+            mus.append(mu)
+            logvars.append(logvar)
+            h = mu
+        return mus, logvars
+
+    def prior_noise(self, n: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        """eps_l ~ N(0, I) for every level, bottom first: list of [n, d_l]."""
+        dev = next(self.parameters()).device
+        return [torch.randn(n, d, generator=generator, device=dev) for d in self.cfg.latent_dims]
+
+    @torch.no_grad()
+    def ancestral(self, eps: list[Tensor]) -> list[Tensor]:
+        """Codes from noise: z_L = eps_L, z_l = mu_l(z_{l+1}) + sigma_l(z_{l+1}) * eps_l. Bottom first."""
+        z = [None] * self.cfg.layers
+        z[-1] = eps[-1]
+        for l in reversed(range(self.cfg.layers - 1)):
+            mu, logvar = self.p_params(l, z[l + 1])
+            z[l] = reparam_kl(mu, logvar, eps[l])[0]
+        return z
+
+    @torch.no_grad()
+    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        """Ancestral sample of every level from p(z) (eq. 4): list of [n, d_l]."""
+        return self.ancestral(self.prior_noise(n, generator))
+
+    @torch.no_grad()
+    def generate(self, z: list[Tensor]) -> Tensor:
+        """Image means sigmoid(f_0(z_1)) in [0, 1]: [B, C, H, W]."""
+        return self.decode(z).sigmoid()
