@@ -20,7 +20,7 @@ from vlae_fast.images import check_writable, save_images, save_panels
 from vlae_fast.models import default_config, default_lr
 from vlae_fast.noise import variance_shares
 from vlae_fast.resume import plan_resume
-from vlae_fast.train import TrainConfig, resolve_device, train as run_training
+from vlae_fast.train import TrainConfig, evaluate as evaluate_model, resolve_device, train as run_training
 
 app = typer.Typer(
     help="Variational Ladder Autoencoders (Zhao, Song & Ermon, ICML 2017): train, sample, traverse, inspect.",
@@ -267,6 +267,28 @@ def gibbs(
     for name, s in scores.items():
         out.print(f"  {name:9s}  confidence {s['confidence']:.3f}  class entropy {s['class_entropy']:.2f}  "
                   f"classes {s['histogram']}")
+
+
+@app.command()
+def evaluate(
+    ckpt: Path = CKPT,
+    split: str = typer.Option("test", help="Data split: train or test."),
+    data_dir: Optional[Path] = DATA_DIR,
+    seed: int = typer.Option(0, help="Seed of the one z sample per image."),
+    device: str = DEVICE,
+) -> None:
+    """The ELBO (eq. 14) and reconstruction error of a checkpoint on a data split (what `train` prints at the end)."""
+    try:
+        model, info = load_model(ckpt, resolve_device(device))
+        opts = info.train.get("data_options", {})
+        data = load_dataset(info.config.dataset, split, data_dir, **opts)
+        r = evaluate_model(model, data, seed=seed)
+    except VlaeError as e:
+        raise fail(e)
+    kl = ", ".join(f"{v:.2f}" for v in r["kl"])
+    out.print(f"{split} ELBO {r['elbo']:.2f} nats/image  (-log r(x|z) {r['recon_nll']:.2f}, KL per level [{kl}])")
+    out.print(f"{split} reconstruction error: {r['mse']:.5f} mean squared error per pixel  "
+              f"({r['images']} images, checkpoint at step {info.step})")
 
 
 def main() -> None:

@@ -55,6 +55,19 @@ def test_reconstruct_and_encode(tmp_path, tiny_ckpt, mnist_dir):
     assert codes["labels"][:3].tolist() == [7, 2, 1]
 
 
+def test_evaluate_prints_the_library_figures(tiny_ckpt, mnist_dir):
+    from vlae_fast.checkpoint import load_model
+    from vlae_fast.data import load_dataset
+    from vlae_fast.train import evaluate
+
+    model, _ = load_model(tiny_ckpt)
+    expect = evaluate(model, load_dataset("mnist", "test", mnist_dir), seed=0)
+    r = run("evaluate", tiny_ckpt, "--data-dir", mnist_dir)
+    assert r.exit_code == 0, r.output
+    assert f"test ELBO {expect['elbo']:.2f} nats/image" in r.output and "checkpoint at step 3" in r.output
+    assert f"{expect['mse']:.5f} mean squared error" in r.output
+
+
 @pytest.mark.parametrize("args,message", [
     (["sample", "{tmp}/missing.safetensors"], "no checkpoint at"),
     (["sample", "{tmp}/text.safetensors"], "not a readable safetensors file"),
