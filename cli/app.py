@@ -14,7 +14,7 @@ from rich.console import Console
 from vlae_fast import distributed, generate, gibbs as gibbs_lib
 from vlae_fast.checkpoint import load_model
 from vlae_fast.classifier import load_classifier, quality_scores
-from vlae_fast.data import data_options, image_shape_of, load_dataset
+from vlae_fast.data import data_options, image_shape_of, load_for_checkpoint
 from vlae_fast.errors import TrainingStopped, VlaeError
 from vlae_fast.images import check_writable, save_images, save_panels
 from vlae_fast.models import default_config, default_lr
@@ -193,7 +193,7 @@ def reconstruct(
     try:
         check_writable(out_path)
         model, ckpt_info = load_model(ckpt, resolve_device(device))
-        data = load_dataset(ckpt_info.config.dataset, split, data_dir, **ckpt_info.train.get("data_options", {}))
+        data = load_for_checkpoint(ckpt_info, split, data_dir)
         path = save_images(generate.reconstruct(model, data, n), out_path)
     except VlaeError as e:
         raise fail(e)
@@ -212,7 +212,7 @@ def encode(
     try:
         check_writable(out_path, (".npz",))
         model, ckpt_info = load_model(ckpt, resolve_device(device))
-        data = load_dataset(ckpt_info.config.dataset, split, data_dir, **ckpt_info.train.get("data_options", {}))
+        data = load_for_checkpoint(ckpt_info, split, data_dir)
         codes = generate.encode(model, data)
         np.savez_compressed(out_path, **{k: v.numpy() for k, v in codes.items()})
     except VlaeError as e:
@@ -247,7 +247,7 @@ def gibbs(
             out.print(f"{'trained' if trained else 'reusing'} {gibbs_lib.describe(ckpt)}")
         model, info = load_model(ckpt, resolve_device(device))
         gibbs_lib.check_hvae(model)
-        data = load_dataset(info.config.dataset, "test", data_dir) if init == "data" else None
+        data = load_for_checkpoint(info, "test", data_dir) if init == "data" else None
         res = gibbs_lib.run_gibbs(model, data, chains, steps, every, init, feed, seed)
         left = res["states"] if every else res["gibbs"]
         label = f"Gibbs on z_1, rows every {every} steps" if every else f"Gibbs on z_1, {steps} steps"
@@ -280,8 +280,7 @@ def evaluate(
     """The ELBO (eq. 14) and reconstruction error of a checkpoint on a data split (what `train` prints at the end)."""
     try:
         model, info = load_model(ckpt, resolve_device(device))
-        opts = info.train.get("data_options", {})
-        data = load_dataset(info.config.dataset, split, data_dir, **opts)
+        data = load_for_checkpoint(info, split, data_dir)
         r = evaluate_model(model, data, seed=seed)
     except VlaeError as e:
         raise fail(e)

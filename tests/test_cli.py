@@ -68,6 +68,13 @@ def test_evaluate_prints_the_library_figures(tiny_ckpt, mnist_dir):
     assert f"{expect['mse']:.5f} mean squared error" in r.output
 
 
+def test_reconstruct_finds_the_training_data_without_data_dir(tmp_path, tiny_ckpt, monkeypatch):
+    monkeypatch.delenv("VLAE_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))  # nothing to find there
+    r = run("reconstruct", tiny_ckpt, "--n", 2, "--out", tmp_path / "r.png")  # the run's --data-dir is stored
+    assert r.exit_code == 0, r.output
+
+
 @pytest.mark.parametrize("args,message", [
     (["sample", "{tmp}/missing.safetensors"], "no checkpoint at"),
     (["sample", "{tmp}/text.safetensors"], "not a readable safetensors file"),
