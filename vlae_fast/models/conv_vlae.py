@@ -22,11 +22,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from vlae_fast.kernels import reparam_kl_multi
-
 from .blocks import GaussianHead, act, fc_bn
-from .likelihood import DEFAULT_SCALE, OUTPUTS, neg_log_likelihood
-from .vlae import Output
+from .likelihood import DEFAULT_SCALE, OUTPUTS
+from .vlae import FlatPriorLadder
 
 # Per convolutional level: its layers as (out_channels, stride); every kernel is 4x4.
 ARCHS: dict[str, tuple[tuple[tuple[int, int], ...], ...]] = {
@@ -101,7 +99,7 @@ class ConvVLAEConfig:
         return asdict(self)
 
 
-class ConvVLAE(nn.Module):
+class ConvVLAE(FlatPriorLadder):
     def __init__(self, cfg: ConvVLAEConfig):
         super().__init__()
         self.cfg = cfg
@@ -161,23 +159,3 @@ class ConvVLAE(nn.Module):
             vl = self.v[l](z[l]).view(B, *self.maps[l])  # v_l(z_l) at h_l's resolution
             zt = self.u[l](torch.cat([zt, vl], dim=1))  # z~_l = u_l([z~_{l+1}; v_l(z_l)])  (eq. 11)
         return zt  # u_1 ends in f_0: image logits [B, C, H, W]  (eq. 10)
-
-    # --- training -------------------------------------------------------------------------
-    def forward(self, x: Tensor, eps: list[Tensor] | None = None) -> Output:
-        """One pass of eq. 14: sample z ~ q(z | x) (or use the given noise eps), reconstruct x."""
-        mus, logvars = self.encode(x)
-        z, kl = reparam_kl_multi(mus, logvars, eps)  # z_l = mu_l + sigma_l * eps_l, KL per level
-        logits = self.decode(z)
-        recon = neg_log_likelihood(x, logits, self.cfg.output, self.cfg.output_scale)
-        return Output(logits, recon, kl, z)
-
-    # --- generation -----------------------------------------------------------------------
-    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> list[Tensor]:
-        """z_l ~ N(0, I) for every level: list of [n, d_l]."""
-        dev = next(self.parameters()).device
-        return [torch.randn(n, d, generator=generator, device=dev) for d in self.cfg.latent_dims]
-
-    @torch.no_grad()
-    def generate(self, z: list[Tensor]) -> Tensor:
-        """Image means sigmoid(f_0(z~_1)) in [0, 1] for the given codes: [B, C, H, W]."""
-        return self.decode(z).sigmoid()

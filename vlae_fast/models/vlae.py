@@ -69,7 +69,32 @@ class Output:
     z: list[Tensor]  # z_l samples, bottom first, each [B, d_l]
 
 
-class VLAE(nn.Module):
+class FlatPriorLadder(nn.Module):
+    """What every VLAE shares once it has encode(x) -> (mus, logvars) and decode(z) -> logits:
+    the ELBO pass of eq. 14 and generation from the flat prior N(0, I). Subclasses set self.cfg."""
+
+    # --- training -------------------------------------------------------------------------
+    def forward(self, x: Tensor, eps: list[Tensor] | None = None) -> Output:
+        """One pass of eq. 14: sample z ~ q(z | x) (or use the given noise eps), reconstruct x."""
+        mus, logvars = self.encode(x)
+        z, kl = reparam_kl_multi(mus, logvars, eps)  # z_l = mu_l + sigma_l * eps_l, KL per level
+        logits = self.decode(z)
+        recon = neg_log_likelihood(x, logits, self.cfg.output, self.cfg.output_scale)
+        return Output(logits, recon, kl, z)
+
+    # --- generation -----------------------------------------------------------------------
+    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        """z_l ~ N(0, I) for every level: list of [n, d_l]."""
+        dev = next(self.parameters()).device
+        return [torch.randn(n, d, generator=generator, device=dev) for d in self.cfg.latent_dims]
+
+    @torch.no_grad()
+    def generate(self, z: list[Tensor]) -> Tensor:
+        """Image means sigmoid(f_0(z~_1)) in [0, 1] for the given codes: [B, C, H, W]."""
+        return self.decode(z).sigmoid()
+
+
+class VLAE(FlatPriorLadder):
     def __init__(self, cfg: VLAEConfig):
         super().__init__()
         self.cfg = cfg
@@ -113,23 +138,3 @@ class VLAE(nn.Module):
         for l in reversed(range(self.cfg.layers - 1)):  # l = L-1 .. 1 (0-based index)
             zt = self.u_rest[l](self.u_join[l](zt, self.v[l](z[l])))  # z~_l = u_l([z~_{l+1}; v_l(z_l)])  (eq. 11)
         return self.f0(zt.view(-1, *self.feat_shape))  # f_0(z~_1)  (eq. 10)
-
-    # --- training -------------------------------------------------------------------------
-    def forward(self, x: Tensor, eps: list[Tensor] | None = None) -> Output:
-        """One pass of eq. 14: sample z ~ q(z | x) (or use the given noise eps), reconstruct x."""
-        mus, logvars = self.encode(x)
-        z, kl = reparam_kl_multi(mus, logvars, eps)  # z_l = mu_l + sigma_l * eps_l, KL per level
-        logits = self.decode(z)
-        recon = neg_log_likelihood(x, logits, self.cfg.output, self.cfg.output_scale)
-        return Output(logits, recon, kl, z)
-
-    # --- generation -----------------------------------------------------------------------
-    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> list[Tensor]:
-        """z_l ~ N(0, I) for every level: list of [n, d_l]."""
-        dev = next(self.parameters()).device
-        return [torch.randn(n, d, generator=generator, device=dev) for d in self.cfg.latent_dims]
-
-    @torch.no_grad()
-    def generate(self, z: list[Tensor]) -> Tensor:
-        """Image means sigmoid(f_0(z~_1)) in [0, 1] for the given codes: [B, C, H, W]."""
-        return self.decode(z).sigmoid()
