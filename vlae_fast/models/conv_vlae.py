@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import GaussianHead, act, fc_bn
-from .likelihood import DEFAULT_SCALE, OUTPUTS
+from .likelihood import DEFAULT_SCALE, check_image_model_config
 from .vlae import FlatPriorLadder
 
 # Per convolutional level: its layers as (out_channels, stride); every kernel is 4x4.
@@ -68,21 +68,16 @@ class ConvVLAEConfig:
     extra: dict = field(default_factory=dict)  # free-form notes kept in the checkpoint
 
     def __post_init__(self):
-        self.image_shape = tuple(int(s) for s in self.image_shape)
-        self.latent_dims = tuple(int(d) for d in self.latent_dims)
+        check_image_model_config(self)
         C, H, W = self.image_shape
         if self.arch == "auto":
             self.arch = "medium" if max(H, W) <= 32 else "large"
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {sorted(ARCHS)} or auto; got {self.arch!r}")
-        if self.output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}; got {self.output!r}")
         if self.join != "concat":
             raise ValueError(f"the convolutional VLAE joins levels by concatenation (eq. 11) only; got join={self.join!r}")
         if self.output_scale is None:
             self.output_scale = CONV_GAUSSIAN_SCALE if self.output == "gaussian" else DEFAULT_SCALE[self.output]
-        if not self.latent_dims or min(self.latent_dims) < 1:
-            raise ValueError(f"latent_dims needs one positive width per level; got {self.latent_dims}")
         n_conv = len(ARCHS[self.arch])
         if not 2 <= self.layers <= n_conv + 1:
             raise ValueError(f"the {self.arch} architecture has 2 to {n_conv + 1} levels; got {self.layers}")

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from vlae_fast.kernels import reparam_kl
 
 from .blocks import GaussianHead, conv_bn, deconv_bn, fc_bn
-from .likelihood import DEFAULT_SCALE, OUTPUTS, neg_log_likelihood
+from .likelihood import DEFAULT_SCALE, check_image_model_config, neg_log_likelihood
 from .vlae import Output
 
 
@@ -41,17 +41,12 @@ class HVAEConfig:
     extra: dict = field(default_factory=dict)  # free-form notes kept in the checkpoint
 
     def __post_init__(self):
-        self.image_shape = tuple(int(s) for s in self.image_shape)
-        self.latent_dims = tuple(int(d) for d in self.latent_dims)
+        check_image_model_config(self)
         self.channels = tuple(int(c) for c in self.channels)
-        if self.output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}; got {self.output!r}")
         if self.output_scale is None:
             self.output_scale = DEFAULT_SCALE[self.output]
         if self.learn_scale and self.output != "gaussian":
             raise ValueError(f"learn_scale trains the Gaussian's sigma; output {self.output!r} has none to train")
-        if not self.latent_dims or min(self.latent_dims) < 1:
-            raise ValueError(f"latent_dims needs one positive width per level; got {self.latent_dims}")
         C, H, W = self.image_shape
         if H % 4 or W % 4:
             raise ValueError(f"image height and width must be divisible by 4; got {H}x{W}")

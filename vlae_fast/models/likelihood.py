@@ -28,3 +28,15 @@ def neg_log_likelihood(x: Tensor, logits: Tensor, output: str, scale: float | No
         else:
             raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}")
     return nll.flatten(1).sum(1)
+
+
+def check_image_model_config(cfg) -> None:
+    """Checks every model config shares: tuples for image_shape / latent_dims, a known output
+    distribution, one positive code width per level. ValueError says which value is wrong."""
+    cfg.image_shape = tuple(int(s) for s in cfg.image_shape)
+    cfg.latent_dims = tuple(int(d) for d in cfg.latent_dims)
+    if cfg.output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}; got {cfg.output!r}")
+    if not cfg.latent_dims or min(cfg.latent_dims) < 1:
+        raise ValueError(f"latent_dims needs one positive width per level; got {cfg.latent_dims}")
+
