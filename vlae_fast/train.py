@@ -130,14 +130,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     show_progress = show_progress and rank.main
     torch.manual_seed(cfg.seed)
 
-    train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, **cfg.data_options)
-    test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options)
-    if cfg.train_limit:
-        train_set = ImageSet(train_set.name, "train", train_set.x[: cfg.train_limit],
-                             None if train_set.labels is None else train_set.labels[: cfg.train_limit])
-    if cfg.eval_limit:
-        test_set = ImageSet(test_set.name, "test", test_set.x[: cfg.eval_limit],
-                            None if test_set.labels is None else test_set.labels[: cfg.eval_limit])
+    train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, **cfg.data_options).head(cfg.train_limit)
+    test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).head(cfg.eval_limit)
     if tuple(model_cfg.image_shape) != train_set.image_shape:
         raise ConfigError(f"model expects images {model_cfg.image_shape} but {cfg.dataset} has {train_set.image_shape}")
     if len(train_set) < cfg.batch_size:

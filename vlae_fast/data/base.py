@@ -34,6 +34,13 @@ class ImageSet:
         labels = None if self.labels is None else self.labels.to(device)
         return ImageSet(self.name, self.split, self.x.to(device), labels)
 
+    def head(self, n: int | None) -> "ImageSet":
+        """The first n images (all of them for n None or 0)."""
+        if not n:
+            return self
+        labels = None if self.labels is None else self.labels[:n]
+        return ImageSet(self.name, self.split, self.x[:n], labels)
+
     def batch(self, idx: Tensor) -> Tensor:
         """Images at `idx` ([B] int64 on x's device) as float32 in [0, 1]: [B, C, H, W]."""
         x = self.x.index_select(0, idx)
