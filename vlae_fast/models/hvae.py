@@ -41,15 +41,12 @@ class HVAEConfig:
     extra: dict = field(default_factory=dict)  # free-form notes kept in the checkpoint
 
     def __post_init__(self):
-        check_image_model_config(self)
+        check_image_model_config(self, divisible_by=4)
         self.channels = tuple(int(c) for c in self.channels)
         if self.output_scale is None:
             self.output_scale = DEFAULT_SCALE[self.output]
         if self.learn_scale and self.output != "gaussian":
             raise ValueError(f"learn_scale trains the Gaussian's sigma; output {self.output!r} has none to train")
-        C, H, W = self.image_shape
-        if H % 4 or W % 4:
-            raise ValueError(f"image height and width must be divisible by 4; got {H}x{W}")
 
     @property
     def layers(self) -> int:

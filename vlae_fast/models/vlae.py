@@ -38,15 +38,12 @@ class VLAEConfig:
     extra: dict = field(default_factory=dict)  # free-form notes kept in the checkpoint
 
     def __post_init__(self):
-        check_image_model_config(self)
+        check_image_model_config(self, divisible_by=4)
         self.channels = tuple(int(c) for c in self.channels)
         if self.join not in ("concat", "gated_add"):
             raise ValueError(f"join must be 'concat' or 'gated_add'; got {self.join!r}")
         if self.output_scale is None:
             self.output_scale = DEFAULT_SCALE[self.output]
-        C, H, W = self.image_shape
-        if H % 4 or W % 4:
-            raise ValueError(f"image height and width must be divisible by 4; got {H}x{W}")
 
     @property
     def layers(self) -> int:
