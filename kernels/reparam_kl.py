@@ -66,6 +66,25 @@ def reparam_kl_multi_torch(
 # Triton kernels. Pointer tuples hold one entry per level; every tensor is contiguous [B, D_l].
 # ---------------------------------------------------------------------------------------------
 @triton.jit
+def _load_tile(mu_ptr, logvar_ptr, eps_ptr, rows, row_ok, cols, D, noise_offset, seed,
+               HAS_EPS: tl.constexpr, COMPUTE: tl.constexpr):
+    """One [BLOCK_B, BLOCK_D] tile of level l: its mask, element offsets, mu, logvar and eps.
+
+    Forward and backward both read their tiles here, so the backward regenerates exactly the
+    forward's Philox noise (same seed, same positions noise_offset + offs).
+    """
+    mask = row_ok[:, None] & (cols < D)[None, :]
+    offs = rows[:, None] * D + cols[None, :]  # element index in level l
+    mu = tl.load(mu_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    logvar = tl.load(logvar_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    if HAS_EPS:
+        eps = tl.load(eps_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    else:
+        eps = tl.randn(seed, noise_offset + offs).to(COMPUTE)
+    return mask, offs, mu, logvar, eps
+
+
+@triton.jit
 def _reparam_kl_fwd_kernel(
     mu_ptrs,  # L x [B, D_l] posterior means
     logvar_ptrs,  # L x [B, D_l] log variances, logvar = log sigma^2
@@ -91,14 +110,8 @@ def _reparam_kl_fwd_kernel(
         kl = tl.zeros([BLOCK_B], dtype=COMPUTE)
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
-            mask = row_ok[:, None] & (cols < D)[None, :]
-            offs = rows[:, None] * D + cols[None, :]  # [BLOCK_B, BLOCK_D] element index in level l
-            mu = tl.load(mu_ptrs[l] + offs, mask=mask, other=0.0).to(COMPUTE)
-            logvar = tl.load(logvar_ptrs[l] + offs, mask=mask, other=0.0).to(COMPUTE)
-            if HAS_EPS:
-                eps = tl.load(eps_ptrs[l] + offs, mask=mask, other=0.0).to(COMPUTE)
-            else:
-                eps = tl.randn(seed, noise_offsets[l] + offs).to(COMPUTE)
+            mask, offs, mu, logvar, eps = _load_tile(mu_ptrs[l], logvar_ptrs[l], eps_ptrs[l], rows, row_ok, cols, D,
+                                                     noise_offsets[l], seed, HAS_EPS, COMPUTE)
             sigma = tl.exp(0.5 * logvar)
             z = mu + sigma * eps
             tl.store(z_ptrs[l] + offs, z.to(z_ptrs[l].dtype.element_ty), mask=mask)
@@ -135,15 +148,9 @@ def _reparam_kl_bwd_kernel(
         dkl = tl.load(dkl_ptr + rows * L + l, mask=row_ok, other=0.0).to(COMPUTE)[:, None]  # [BLOCK_B, 1]
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
-            mask = row_ok[:, None] & (cols < D)[None, :]
-            offs = rows[:, None] * D + cols[None, :]
-            mu = tl.load(mu_ptrs[l] + offs, mask=mask, other=0.0).to(COMPUTE)
-            logvar = tl.load(logvar_ptrs[l] + offs, mask=mask, other=0.0).to(COMPUTE)
+            mask, offs, mu, logvar, eps = _load_tile(mu_ptrs[l], logvar_ptrs[l], eps_ptrs[l], rows, row_ok, cols, D,
+                                                     noise_offsets[l], seed, HAS_EPS, COMPUTE)
             dz = tl.load(dz_ptrs[l] + offs, mask=mask, other=0.0).to(COMPUTE)
-            if HAS_EPS:
-                eps = tl.load(eps_ptrs[l] + offs, mask=mask, other=0.0).to(COMPUTE)
-            else:
-                eps = tl.randn(seed, noise_offsets[l] + offs).to(COMPUTE)
             sigma = tl.exp(0.5 * logvar)
             dmu = dz + dkl * mu
             dlogvar = 0.5 * (dz * sigma * eps + dkl * (sigma * sigma - 1.0))
