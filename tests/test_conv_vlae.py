@@ -1,5 +1,4 @@
 """The paper's SVHN / CelebA ladders: shapes, gradients, and a few training steps per data set via the CLI."""
-import zipfile
 
 import numpy as np
 import pytest
@@ -7,7 +6,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from test_datasets_real_formats import write_jpegs, write_svhn
+from test_datasets_real_formats import write_celeba_zip, write_jpegs, write_svhn
 from vlae_fast.checkpoint import load_model
 from vlae_fast.cli.app import app
 from vlae_fast.errors import ConfigError
@@ -88,10 +87,7 @@ def test_celeba_zip_trains_through_the_cli(tmp_path):
     src = tmp_path / "src"
     names = write_jpegs(src, 10)
     d = tmp_path / "celeba"
-    d.mkdir()
-    with zipfile.ZipFile(d / "img_align_celeba.zip", "w") as zf:
-        for n in names:
-            zf.write(src / n, f"img_align_celeba/{n}")
+    write_celeba_zip(d, src, names)
     run_cli(train_args("celeba", d, tmp_path / "run"))
     ckpt = tmp_path / "run" / "ckpt.safetensors"
     run_cli(["traverse", str(ckpt), "--layer", "2", "--steps", "2", "--out", str(tmp_path / "t.npz"), "--device", "cpu"])

@@ -33,6 +33,14 @@ def write_jpegs(folder, n, size=(178, 218), seed=0, prefix=""):
     return names
 
 
+def write_celeba_zip(d, src, names):
+    """The release's img_align_celeba.zip in folder d, holding the JPEGs `names` from folder src."""
+    d.mkdir()
+    with zipfile.ZipFile(d / "img_align_celeba.zip", "w") as zf:
+        for n in names:
+            zf.write(src / n, f"img_align_celeba/{n}")
+
+
 @pytest.fixture
 def svhn_dir(tmp_path):
     d = tmp_path / "svhn"
@@ -95,10 +103,7 @@ def test_celeba_zip_in_place_with_partition_file_and_cache_reuse(tmp_path):
     src = tmp_path / "src"
     names = write_jpegs(src, 6)
     d = tmp_path / "celeba"
-    d.mkdir()
-    with zipfile.ZipFile(d / "img_align_celeba.zip", "w") as zf:
-        for n in names:
-            zf.write(src / n, f"img_align_celeba/{n}")
+    write_celeba_zip(d, src, names)
     (d / "list_eval_partition.txt").write_text("".join(f"{n} {c}\n" for n, c in zip(names, [0, 0, 0, 1, 2, 2])))
     test = load_dataset("celeba", "test", d, show_progress=False)
     val = load_dataset("celeba", "val", d, show_progress=False)
