@@ -12,7 +12,6 @@ from vlae_fast.classifier import load_classifier, quality_scores
 from vlae_fast.cli.app import app
 from vlae_fast.data import load_dataset
 from vlae_fast.errors import CheckpointError, ConfigError
-from vlae_fast.models import build_model, default_config
 
 runner = CliRunner()
 TINY = {"steps": 3, "batch_size": 50, "train_limit": 200, "eval_limit": 100, "save_every": 0}

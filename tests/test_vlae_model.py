@@ -4,7 +4,6 @@ import math
 import pytest
 import torch
 
-from vlae_fast.data import load_dataset
 from vlae_fast.kernels import ladder_linear_torch, reparam_kl_torch
 from vlae_fast.models import VLAE, VLAEConfig, default_config
 from vlae_fast.models.likelihood import neg_log_likelihood
