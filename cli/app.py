@@ -69,7 +69,7 @@ def train(
     grad_clip: Optional[float] = typer.Option(None, help="Clip the global gradient norm to this; 0 = off (default 0; with --resume: the run's)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder (or from this ckpt.safetensors) "
                                           "exactly where it stopped; model and data options then come from it."),
-    warmup: float = typer.Option(TrainConfig.warmup, help="KL warm-up: weight 1 - exp(-step / warmup); 0 = no warm-up."),
+    warmup: Optional[float] = typer.Option(None, help="KL warm-up: the weight rises linearly from 0 to 1 over this many steps (at most --steps; default half the run); 0 = no warm-up."),
     output: str = typer.Option("gaussian", help="r(x | z): gaussian (fixed variance, the paper), laplace (L1) or bernoulli."),
     join: Optional[str] = typer.Option(None, help="Ladder join (vlae only): concat (eq. 11, the default) or gated_add (authors' MNIST code)."),
     seed: int = typer.Option(0, help="Random seed (weights, noise, data order)."),

@@ -97,7 +97,7 @@ def resume_worker(rank: int, tmp: str, mnist_dir: str) -> None:
     from vlae_fast.train import TrainConfig, train
     torch.set_num_threads(1)
     cfg = TrainConfig(steps=4, batch_size=8, train_limit=40, eval_limit=8, data_dir=mnist_dir, save_every=2,
-                      log_every=1, device="cpu", warmup=3)
+                      log_every=1, device="cpu", warmup=2)
     for i, (name, steps, resume) in enumerate([("a", 4, False), ("b", 2, False), ("b", 4, True)]):
         dist.init_process_group("gloo", init_method=f"file://{tmp}/store{i}", rank=rank, world_size=WORLD)
         if resume:

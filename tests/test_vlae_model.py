@@ -82,7 +82,17 @@ def test_batches_and_warmup():
     assert torch.equal(a, batch_indices(7, 1000, 100, seed=3, device="cpu"))  # a pure function of (seed, step)
     epoch = torch.cat([batch_indices(s, 1000, 100, 3, "cpu") for s in range(10)])
     assert sorted(epoch.tolist()) == list(range(1000))  # one epoch visits each image once
-    assert kl_weight(0, 2000) == 0 and kl_weight(2000, 2000) == pytest.approx(1 - math.exp(-1))
+    assert kl_weight(0, 2000) == 1 / 2000 and kl_weight(999, 2000) == 0.5
+    assert kl_weight(1999, 2000) == 1.0 and kl_weight(5000, 2000) == 1.0 and kl_weight(0, 0) == 1.0
+    assert TrainConfig().warmup == TrainConfig().steps / 2  # the default run ends at weight 1 (issue 16)
+    assert kl_weight(TrainConfig().steps - 1, TrainConfig().warmup) == 1.0
+
+
+def test_warmup_longer_than_the_run_is_refused(tmp_path, mnist_dir):
+    cfg = TrainConfig(steps=5, warmup=6, train_limit=100, data_dir=str(mnist_dir), device="cpu")
+    with pytest.raises(ConfigError, match="--warmup 6 must be between 0 and --steps 5"):
+        train(default_config("mnist"), cfg, tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_loss_falls_on_real_mnist(tmp_path, mnist_dir):
