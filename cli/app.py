@@ -18,7 +18,6 @@ from vlae_fast.data import data_options, image_shape_of, load_for_checkpoint
 from vlae_fast.errors import TrainingStopped, VlaeError
 from vlae_fast.images import check_writable, save_images, save_panels
 from vlae_fast.models import default_config, default_lr
-from vlae_fast.noise import variance_shares
 from vlae_fast.resume import plan_resume
 from vlae_fast.train import TrainConfig, evaluate as evaluate_model, resolve_device, train as run_training
 
@@ -171,13 +170,13 @@ def traverse(
         check_writable(out_path)
         model, _ = load_model(ckpt, resolve_device(device))
         path = save_images(generate.traverse(model, layer, steps, seed), out_path)
-        shares = variance_shares(model, seed=seed) if model.cfg.model == "hvae" else None
+        shares = generate.variance_shares(model, seed=seed)
     except VlaeError as e:
         raise fail(e)
     out.print(f"wrote the level-{layer} traversal ({steps}x{steps}) to {path}")
-    if shares:
-        txt = ", ".join(f"level {l}: {s:.1%}" for l, s in enumerate(shares, 1))
-        out.print(f"share of pixel variance produced by each level's noise eps_l (Figure 3; 32x32 grid per level): {txt}")
+    txt = ", ".join(f"level {l}: {s:.1%}" for l, s in enumerate(shares, 1))
+    out.print(f"share of pixel variance produced by redrawing each level's {model.CONTROL}_l alone "
+              f"(Figure 3; 32x32 grid per level): {txt}")
 
 
 @app.command()

@@ -14,7 +14,7 @@ from vlae_fast.data import load_dataset
 from vlae_fast.errors import CheckpointError, ConfigError
 
 runner = CliRunner()
-TINY = {"steps": 3, "batch_size": 50, "train_limit": 200, "eval_limit": 100, "save_every": 0}
+TINY = {"steps": 3, "warmup": 2, "batch_size": 50, "train_limit": 200, "eval_limit": 100, "save_every": 0}
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from torch.distributions import Normal, kl_divergence
 from vlae_fast import generate
 from vlae_fast.checkpoint import load_model
 from vlae_fast.models import HVAE, build_model, default_config
-from vlae_fast.noise import noise_traverse, traverse_noise, variance_shares
 from vlae_fast.train import TrainConfig, train
 
 
@@ -66,11 +65,12 @@ def test_hvae_trains_in_the_one_loop(tmp_path, mnist_dir):
     assert isinstance(model, HVAE) and info.config.model == "hvae" and info.train["lr"] == 1e-3
 
 
-def test_traverse_noise_fixes_every_level_but_k():
+def test_redraw_controls_fix_every_level_but_k():
     model = small_hvae().eval()
     steps = 4
     for layer in (1, 2, 3):
-        eps = [e.view(steps, steps, -1) for e in traverse_noise(model, layer, steps, seed=3)]
+        c = generate.redraw_controls(model, layer, steps, torch.Generator().manual_seed(3))
+        eps = [e.view(steps, steps, -1) for e in c]
         for l, e in enumerate(eps, 1):
             same_across_row = torch.equal(e, e[:, :1].expand_as(e))
             assert same_across_row == (l != layer), f"level {l} in a level-{layer} traversal"
@@ -81,26 +81,31 @@ def test_hvae_traverse_varies_only_through_level_k():
     """The picture is a function of eps alone: pinning eps_K across each row makes every row constant."""
     model = small_hvae().eval()
     steps, layer = 5, 2
-    x = generate.traverse(model, layer, steps, seed=1)  # dispatches to the noise traversal
+    x = generate.traverse(model, layer, steps, seed=1)  # an HVAE redraws eps_K across each row (Figure 3)
     assert x.shape == (steps, steps, 1, 28, 28)
-    torch.testing.assert_close(x, noise_traverse(model, layer, steps, seed=1))
+    eps = generate.redraw_controls(model, layer, steps, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(x, model.decode_controls(eps).view(steps, steps, 1, 28, 28))
     assert (x - x[:, :1]).abs().amax() > 0  # eps_2 does change the images
-    eps = traverse_noise(model, layer, steps, seed=1)
     eps[layer - 1] = eps[layer - 1].view(steps, steps, -1)[:, :1].expand(steps, steps, -1).reshape(steps * steps, -1)
-    pinned = model.generate(model.ancestral(eps)).view(steps, steps, -1)
+    pinned = model.decode_controls(eps).view(steps, steps, -1)
     torch.testing.assert_close(pinned, pinned[:, :1].expand_as(pinned))
 
 
-def test_variance_shares_sum_to_one():
-    shares = variance_shares(small_hvae().eval(), steps=4)
-    assert len(shares) == 3 and min(shares) >= 0
-    assert sum(shares) == pytest.approx(1.0)
+def test_hvae_controls_invert_ancestral_sampling():
+    """controls_from_codes undoes codes_from_controls: encode_controls of x decodes to x's reconstruction."""
+    model = small_hvae().double().eval()
+    eps = [torch.randn(7, d, dtype=torch.float64) for d in (2, 3, 4)]
+    z = model.codes_from_controls(eps)
+    for a, b in zip(model.controls_from_codes(z), eps):
+        torch.testing.assert_close(a, b)
+    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(model.decode_controls(model.encode_controls(x)), model.generate(model.encode(x)[0]))
 
 
 def test_hvae_ancestral_sampling_uses_the_prior_conditionals():
     model = small_hvae().eval()
-    eps = model.prior_noise(3, torch.Generator().manual_seed(0))
-    z = model.ancestral(eps)
+    eps = model.prior_controls(3, torch.Generator().manual_seed(0))
+    z = model.codes_from_controls(eps)
     assert torch.equal(z[2], eps[2])  # z_L = eps_L ~ N(0, I)
     mu, logvar = model.p[1](model.f[1](z[2]))
     torch.testing.assert_close(z[1], mu + (0.5 * logvar).exp() * eps[1])

@@ -6,11 +6,31 @@ from torch import Tensor, nn
 
 from .data import ImageSet
 from .errors import ConfigError
-from .noise import noise_traverse
+from .models.base import LatentModel
 
 
 def _generator(model: nn.Module, seed: int) -> torch.Generator:
     return torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+
+
+def redraw_controls(model: LatentModel, layer: int, steps: int, g: torch.Generator) -> list[Tensor]:
+    """Controls for a steps x steps grid, bottom first, each [steps * steps, d_l] in row-major order:
+    every level but `layer` (1-based) repeats one prior draw per row; level `layer` is fresh in every cell."""
+    k = layer - 1
+    c = [cl.repeat_interleave(steps, dim=0) for cl in model.prior_controls(steps, g)]  # one draw per row
+    c[k] = model.prior_controls(steps * steps, g)[k]  # level K redrawn across the row
+    return c
+
+
+def sweep_controls(model: LatentModel, layer: int, steps: int, g: torch.Generator, span: float = 2.0) -> list[Tensor]:
+    """Controls for a steps x steps sweep of a 2-d level over [-span, span]^2 (rows: 2nd coordinate, top row
+    +span; columns: 1st), every other level at one prior draw shared by the whole grid."""
+    k, n = layer - 1, steps * steps
+    c = [cl[:1].expand(n, -1).clone() for cl in model.prior_controls(1, g)]
+    t = torch.linspace(-span, span, steps, device=c[0].device)
+    rows, cols = torch.meshgrid(t.flip(0), t, indexing="ij")  # top row = +span, as in a plot
+    c[k] = torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=1)
+    return c
 
 
 @torch.no_grad()
@@ -23,37 +43,42 @@ def sample(model: nn.Module, n: int, seed: int = 0) -> Tensor:
 
 
 @torch.no_grad()
-def traverse(model: nn.Module, layer: int, steps: int = 10, seed: int = 0, span: float = 2.0) -> Tensor:
+def traverse(model: LatentModel, layer: int, steps: int = 10, seed: int = 0, span: float = 2.0) -> Tensor:
     """Vary level `layer` (1-based, 1 = bottom) with the others fixed: [rows, cols, C, H, W].
 
-    2-d level (Figure 5): its code sweeps a steps x steps grid of [-span, span]^2 (rows: 2nd coordinate,
-    columns: 1st) while every other level keeps one random draw for the whole grid.
-    Wider level (Figures 6, 7): `steps` rows x `steps` columns; each row holds the other levels at
-    one random draw and each column draws level `layer` afresh from the prior.
-    Markov HVAE (Figure 3): the same rows and columns over the reparameterization noise eps (see noise.py).
+    A 2-d level of a model whose TRAVERSAL is "sweep" (the VLAE, Figure 5): sweep_controls' grid.
+    Otherwise (wider levels, Figures 6-7; the Markov HVAE's noise eps_l, Figure 3): redraw_controls' rows.
     """
-    L = model.cfg.layers
+    L = len(model.latent_dims)
     if not 1 <= layer <= L:
         raise ConfigError(f"--layer must be between 1 and {L} for this {L}-level model; got {layer}")
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1; got {steps}")
-    if model.cfg.model == "hvae":
-        return noise_traverse(model, layer, steps, seed)
     model.eval()
     g = _generator(model, seed)
-    k = layer - 1
-    n = steps * steps
-    if model.cfg.latent_dims[k] == 2:
-        z = [zl[:1].expand(n, -1).clone() for zl in model.prior_sample(1, g)]  # one draw, shared by the grid
-        t = torch.linspace(-span, span, steps, device=z[0].device)
-        rows, cols = torch.meshgrid(t.flip(0), t, indexing="ij")  # top row = +span, as in a plot
-        z[k] = torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=1)
+    if model.TRAVERSAL == "sweep" and model.latent_dims[layer - 1] == 2:
+        c = sweep_controls(model, layer, steps, g, span)
     else:
-        fixed = model.prior_sample(steps, g)  # one draw per row
-        z = [zl.repeat_interleave(steps, dim=0) for zl in fixed]
-        z[k] = model.prior_sample(n, g)[k]  # level k drawn afresh in every cell
-    x = model.generate(z)
+        c = redraw_controls(model, layer, steps, g)
+    x = model.decode_controls(c)
     return x.view(steps, steps, *x.shape[1:])
+
+
+@torch.no_grad()
+def variance_shares(model: LatentModel, steps: int = 32, seed: int = 0) -> list[float]:
+    """Share of the generated-pixel variance that each level's control produces, bottom first.
+
+    For level K: the variance across each row of redraw_controls' grid (level K redrawn, the others
+    fixed; the default 32 x 32 keeps the estimate within about a percentage point), summed over pixels
+    and averaged over rows; then each level's figure over the sum of all levels'.
+    """
+    model.eval()
+    v = []
+    for layer in range(1, len(model.latent_dims) + 1):
+        x = model.decode_controls(redraw_controls(model, layer, steps, _generator(model, seed)))
+        v.append(x.view(steps, steps, -1).var(dim=1, unbiased=False).sum(dim=1).mean().item())
+    total = sum(v)
+    return [vk / total if total > 0 else 0.0 for vk in v]
 
 
 @torch.no_grad()
@@ -73,7 +98,7 @@ def encode(model: nn.Module, data: ImageSet, batch_size: int = 500) -> dict[str,
     """Posterior means per level for every image of `data`, in data-set order: {'z1': [N, d_1], ...}."""
     model.eval()
     dev = next(model.parameters()).device
-    parts: list[list[Tensor]] = [[] for _ in range(model.cfg.layers)]
+    parts: list[list[Tensor]] = [[] for _ in model.latent_dims]
     for start in range(0, len(data), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(data)), device=data.x.device)
         mus, _ = model.encode(data.batch(idx).to(dev))

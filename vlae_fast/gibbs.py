@@ -83,7 +83,7 @@ def initial_states(model: nn.Module, init: str, n: int, data: ImageSet | None, s
 
 def check_hvae(model: nn.Module) -> None:
     """The chain of eq. 6 needs q(z_1 | x) and p(x | z_1) alone, i.e. a Markov HVAE."""
-    if model.cfg.model != "hvae":
+    if not model.GIBBS_ON_Z1:
         raise ConfigError(f"`vlae gibbs` needs a Markov HVAE checkpoint (train one with --model hvae); "
                           f"this one holds a {model.cfg.model} model")
 

@@ -22,9 +22,9 @@ from torch import Tensor, nn
 
 from vlae_fast.kernels import reparam_kl
 
+from .base import LatentModel, Output, gaussian_log_density
 from .blocks import GaussianHead, conv_bn, deconv_bn, fc_bn
 from .likelihood import DEFAULT_SCALE, check_image_model_config, neg_log_likelihood
-from .vlae import Output
 
 
 @dataclass
@@ -56,14 +56,11 @@ class HVAEConfig:
         return asdict(self)
 
 
-def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """log N(z; mu, exp(logvar)) summed over the last dimension, without the 0.5 log(2 pi) per unit
-    (it cancels in every log q - log p of eq. 5): [B]."""
-    return -0.5 * ((z - mu).square() * torch.exp(-logvar) + logvar).sum(dim=1)
-
-
-class HVAE(nn.Module):
+class HVAE(LatentModel):
     DEFAULT_LR = 1e-4  # Adam, appendix B.1
+    CONTROL = "eps"  # a level's control is the noise eps_l of ancestral sampling (Figure 3)
+    GIBBS_ON_Z1 = True  # q(z_1 | x) and p(x | z_1) alone make eq. 6's chain
+    TRAVERSAL = "redraw"  # Figure 3: a level's noise redrawn across each row, every level
 
     def __init__(self, cfg: HVAEConfig):
         super().__init__()
@@ -114,25 +111,37 @@ class HVAE(nn.Module):
         return (nll + 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
 
     # --- training -------------------------------------------------------------------------
-    def forward(self, x: Tensor, eps: list[Tensor] | None = None) -> Output:
-        """One pass of eq. 5: sample z_1 ~ q(z_1|x), z_{l+1} ~ q(z_{l+1}|z_l) (or use the given noise),
-        reconstruct x from z_1. kl[:, l] = log q(z_l|.) - log p(z_l|z_{l+1}) (one sample), top: KL to N(0, I)."""
-        L = self.cfg.layers
+    def _path(self, x: Tensor, eps: list[Tensor] | None) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]], Tensor]:
+        """The inference path z_1 ~ q(z_1|x), z_{l+1} ~ q(z_{l+1}|z_l) (or with the given noise): the codes,
+        each level's (mu, logvar) of q, and the top level's closed-form KL(q(z_L | z_{L-1}) || N(0, I))."""
         z, q_terms, h = [], [], x
-        for l in range(L):
+        for l in range(self.cfg.layers):
             mu, logvar = self.q_params(l, h)
             z_l, kl_top = reparam_kl(mu, logvar, None if eps is None else eps[l])  # z_l = mu + sigma * eps
             q_terms.append((mu, logvar))
             z.append(z_l)
             h = z_l
-        kl = []
-        for l in range(L - 1):
-            mu_p, logvar_p = self.p_params(l, z[l + 1])
-            log_q = gaussian_log_density(z[l], *q_terms[l])
-            kl.append(log_q - gaussian_log_density(z[l], mu_p, logvar_p))  # eq. 5, level l + 1
-        kl.append(kl_top)  # KL(q(z_L | z_{L-1}) || N(0, I)), closed form
+        return z, q_terms, kl_top
+
+    def _lower_terms(self, z: list[Tensor], q_terms: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+        """log q(z_l | .) - log p(z_l | z_{l+1}) for every level below the top, one sample each (eq. 5)."""
+        return [gaussian_log_density(z[l], *q_terms[l]) - gaussian_log_density(z[l], *self.p_params(l, z[l + 1]))
+                for l in range(self.cfg.layers - 1)]
+
+    def forward(self, x: Tensor, eps: list[Tensor] | None = None) -> Output:
+        """One pass of eq. 5: sample z_1 ~ q(z_1|x), z_{l+1} ~ q(z_{l+1}|z_l) (or use the given noise),
+        reconstruct x from z_1. kl[:, l] = log q(z_l|.) - log p(z_l|z_{l+1}) (one sample), top: KL to N(0, I)."""
+        z, q_terms, kl_top = self._path(x, eps)
         logits = self.decode(z)
-        return Output(logits, self.recon_nll(x, logits), torch.stack(kl, dim=1), z)
+        kl = torch.stack(self._lower_terms(z, q_terms) + [kl_top], dim=1)
+        return Output(logits, self.recon_nll(x, logits), kl, z)
+
+    def log_weight(self, x: Tensor) -> Tensor:
+        """One sample of log p(x, z) - log q(z | x) along the inference path, the top level's term sampled too: [B]."""
+        z, q_terms, _ = self._path(x, None)
+        top = gaussian_log_density(z[-1], *q_terms[-1]) - gaussian_log_density(
+            z[-1], torch.zeros_like(z[-1]), torch.zeros_like(z[-1]))
+        return -(self.recon_nll(x, self.decode(z)) + sum(self._lower_terms(z, q_terms)) + top)
 
     # --- generation -----------------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
@@ -145,14 +154,9 @@ class HVAE(nn.Module):
             h = mu
         return mus, logvars
 
-    def prior_noise(self, n: int, generator: torch.Generator | None = None) -> list[Tensor]:
-        """eps_l ~ N(0, I) for every level, bottom first: list of [n, d_l]."""
-        dev = next(self.parameters()).device
-        return [torch.randn(n, d, generator=generator, device=dev) for d in self.cfg.latent_dims]
-
     @torch.no_grad()
-    def ancestral(self, eps: list[Tensor]) -> list[Tensor]:
-        """Codes from noise: z_L = eps_L, z_l = mu_l(z_{l+1}) + sigma_l(z_{l+1}) * eps_l. Bottom first."""
+    def codes_from_controls(self, eps: list[Tensor]) -> list[Tensor]:
+        """Ancestral sampling with the given noise: z_L = eps_L, z_l = mu_l(z_{l+1}) + sigma_l(z_{l+1}) * eps_l."""
         z = [None] * self.cfg.layers
         z[-1] = eps[-1]
         for l in reversed(range(self.cfg.layers - 1)):
@@ -161,11 +165,11 @@ class HVAE(nn.Module):
         return z
 
     @torch.no_grad()
-    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> list[Tensor]:
-        """Ancestral sample of every level from p(z) (eq. 4): list of [n, d_l]."""
-        return self.ancestral(self.prior_noise(n, generator))
-
-    @torch.no_grad()
-    def generate(self, z: list[Tensor]) -> Tensor:
-        """Image means sigmoid(f_0(z_1)) in [0, 1]: [B, C, H, W]."""
-        return self.decode(z).sigmoid()
+    def controls_from_codes(self, z: list[Tensor]) -> list[Tensor]:
+        """The noise that ancestral sampling turns into z: eps_L = z_L, eps_l = (z_l - mu_l(z_{l+1})) / sigma_l."""
+        eps = [None] * self.cfg.layers
+        eps[-1] = z[-1]
+        for l in range(self.cfg.layers - 1):
+            mu, logvar = self.p_params(l, z[l + 1])
+            eps[l] = (z[l] - mu) * torch.exp(-0.5 * logvar)
+        return eps

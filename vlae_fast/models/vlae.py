@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from vlae_fast.kernels import reparam_kl_multi
 
+from .base import LatentModel, Output, gaussian_log_density
 from .blocks import GaussianHead, LadderJoin, conv_bn, deconv_bn, fc_bn
 from .likelihood import DEFAULT_SCALE, check_image_model_config, neg_log_likelihood
 
@@ -53,17 +54,10 @@ class VLAEConfig:
         return asdict(self)
 
 
-@dataclass
-class Output:
-    logits: Tensor  # [B, C, H, W] pre-sigmoid output of f_0; the image mean is logits.sigmoid()
-    recon: Tensor  # [B] -log r(x | z)
-    kl: Tensor  # [B, L] KL(q(z_l | x) || N(0, I)) per level
-    z: list[Tensor]  # z_l samples, bottom first, each [B, d_l]
-
-
-class FlatPriorLadder(nn.Module):
+class FlatPriorLadder(LatentModel):
     """What every VLAE shares once it has encode(x) -> (mus, logvars) and decode(z) -> logits:
-    the ELBO pass of eq. 14 and generation from the flat prior N(0, I). Subclasses set self.cfg."""
+    the ELBO pass of eq. 14 and its importance weight. The prior is flat, N(0, I) on every level, so a
+    level's control is its code z_l (LatentModel's identity maps). Subclasses set self.cfg."""
 
     # --- training -------------------------------------------------------------------------
     def forward(self, x: Tensor, eps: list[Tensor] | None = None) -> Output:
@@ -74,16 +68,13 @@ class FlatPriorLadder(nn.Module):
         recon = neg_log_likelihood(x, logits, self.cfg.output, self.cfg.output_scale)
         return Output(logits, recon, kl, z)
 
-    # --- generation -----------------------------------------------------------------------
-    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> list[Tensor]:
-        """z_l ~ N(0, I) for every level: list of [n, d_l]."""
-        dev = next(self.parameters()).device
-        return [torch.randn(n, d, generator=generator, device=dev) for d in self.cfg.latent_dims]
-
-    @torch.no_grad()
-    def generate(self, z: list[Tensor]) -> Tensor:
-        """Image means sigmoid(f_0(z~_1)) in [0, 1] for the given codes: [B, C, H, W]."""
-        return self.decode(z).sigmoid()
+    def log_weight(self, x: Tensor) -> Tensor:
+        """One sample of log r(x | z) + log N(z; 0, I) - log q(z | x), z ~ q(z | x): [B]."""
+        mus, logvars = self.encode(x)
+        z = [mu + torch.exp(0.5 * lv) * torch.randn_like(mu) for mu, lv in zip(mus, logvars)]
+        log_ratio = sum(gaussian_log_density(z_l, torch.zeros_like(z_l), torch.zeros_like(z_l))
+                        - gaussian_log_density(z_l, mu, lv) for z_l, mu, lv in zip(z, mus, logvars))
+        return log_ratio - neg_log_likelihood(x, self.decode(z), self.cfg.output, self.cfg.output_scale)
 
 
 class VLAE(FlatPriorLadder):
