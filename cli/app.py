@@ -1,137 +1,151 @@
-"""The `vlae` command: thin Typer functions over the library. No logic lives here."""
+"""The `vlae` command: thin Typer functions over the library. No logic lives here; the shared options,
+checks and error handling are in common.py."""
 from __future__ import annotations
 
 import os
 import sys
-import time
+from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
-from rich.console import Console
 
-from vlae_fast import distributed, generate, gibbs as gibbs_lib
-from vlae_fast.checkpoint import load_model
-from vlae_fast.classifier import load_classifier, quality_scores
-from vlae_fast.data import data_options, image_shape_of, load_for_checkpoint
-from vlae_fast.errors import TrainingStopped, VlaeError
-from vlae_fast.images import check_writable, save_images, save_panels
-from vlae_fast.models import default_config, default_lr
-from vlae_fast.resume import plan_resume
-from vlae_fast.train import TrainConfig, evaluate as evaluate_model, resolve_device, train as run_training
+from vlae_fast import distributed, generate, gibbs as gibbs_lib, runs
+from vlae_fast.classifier import score_samples
+from vlae_fast.data import checkpoint_data_dir, load_for_checkpoint
+from vlae_fast.errors import VlaeError
+from vlae_fast.images import check_request, check_writable, save_images, save_panels
+from vlae_fast.runs import default_run_dir
+from vlae_fast.train import TrainConfig, evaluate as evaluate_model, train as run_training
+
+from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Dataset, Feed, Init, Join, Kernels,
+                     Likelihood, Model, Split, code_widths, err, fail, flag, given, load, out, parse_dims, positive,
+                     print_json, user_errors, value)
 
 app = typer.Typer(
     help="Variational Ladder Autoencoders (Zhao, Song & Ermon, ICML 2017): train, sample, traverse, inspect.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console()
-err = Console(stderr=True)
-
-CKPT = typer.Argument(..., help="A ckpt.safetensors written by `vlae train`.", show_default=False)
-DEVICE = typer.Option("auto", help="auto (cuda if available), cpu or cuda[:N].")
-KERNELS = typer.Option(None, help="Fused ops: auto (Triton on CUDA, PyTorch elsewhere), triton or torch; default $VLAE_KERNELS, else auto.")
-DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the data set's files (else $VLAE_DATA_DIR, else the user cache).")
 
 
-def fail(e: Exception) -> typer.Exit:
-    """One line on stderr and exit code 2: what went wrong and what to do."""
-    err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
+def show_version(flag_value: bool) -> None:
+    if flag_value:
+        try:
+            v = package_version("vlae-fast")
+        except PackageNotFoundError:
+            v = "unknown (not installed)"
+        out.print(f"vlae-fast {v}", highlight=False)
+        raise typer.Exit()
 
 
-def parse_dims(text: Optional[str]) -> Optional[list[int]]:
-    if text is None:
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True, metavar="",
+                                 help="Print the version and exit."),
+) -> None:
+    """Variational Ladder Autoencoders (Zhao, Song & Ermon, ICML 2017): train, sample, traverse, inspect."""
+
+
+def read_config(ctx: typer.Context, path: Optional[Path]) -> Optional[Path]:
+    """--config FILE: its options become the defaults, so the command line still wins; every value goes
+    through the same checks as on the command line."""
+    if path is None:
         return None
     try:
-        dims = [int(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError:
-        raise typer.BadParameter(f"expected an integer or a comma-separated list like 2,2,2; got {text!r}") from None
-    if not dims or min(dims) < 1:
-        raise typer.BadParameter(f"code widths must be positive integers; got {text!r}")
-    return dims
-
-
-def default_run_dir(dataset: str, model: str) -> Path:
-    return Path("runs") / f"{dataset}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        settings = runs.read_settings(path)
+    except VlaeError as e:
+        raise typer.BadParameter(str(e).removeprefix(f"--config {path}: ")) from None
+    if "output" in settings:  # the likelihood's old name
+        settings.setdefault("likelihood", settings.pop("output"))
+    known = {p.name for p in ctx.command.params} - {"config", "resume", "out_dir", "overwrite", "json_out"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise typer.BadParameter(f"{path}: unknown option(s) {', '.join(unknown)}; it may set: "
+                                 f"{', '.join(sorted(n.replace('_', '-') for n in known))}")
+    ctx.default_map = {**(ctx.default_map or {}), **settings}
+    return path
 
 
 @app.command()
 def train(
-    dataset: str = typer.Argument(..., help="Data set to train on: mnist, svhn, celeba or folder (--data-dir PATH).", show_default=False),
-    model: str = typer.Option("vlae", help="Model: vlae (the paper's ladder) or hvae (the Markov HVAE baseline, eq. 4-5)."),
-    layers: Optional[int] = typer.Option(None, help="Number of ladder levels L (MNIST default 3)."),
-    latent_dim: Optional[str] = typer.Option(None, help="Code width per level: one value (e.g. 2) or one per level, bottom first (e.g. 2,2,4)."),
-    steps: Optional[int] = typer.Option(None, help=f"Optimizer steps (default {TrainConfig.steps}; with --resume: the run's)."),
-    batch_size: int = typer.Option(TrainConfig.batch_size, help="Images per step."),
-    lr: Optional[float] = typer.Option(None, help=f"Adam learning rate (default: the model's own, hvae 1e-4, else {TrainConfig.lr:g}; with --resume: the run's)."),
-    grad_clip: Optional[float] = typer.Option(None, help="Clip the global gradient norm to this; 0 = off (default 0; with --resume: the run's)."),
+    ctx: typer.Context,
+    dataset: Dataset = typer.Argument(..., help="Data set to train on (folder: your images, --data-dir PATH).",
+                                      show_default=False),
+    model: Model = typer.Option("vlae", help="vlae (the paper's ladder; svhn/celeba/folder get its convolutional "
+                                "conv_vlae) or hvae (the Markov HVAE baseline, eq. 4-5)."),
+    layers: Optional[int] = typer.Option(None, min=1, help="Number of ladder levels L (default: the data set's, MNIST 3)."),
+    latent_dim: Optional[str] = typer.Option(None, callback=code_widths, help="Code width per level: one value "
+                                             "(e.g. 2) or one per level, bottom first (e.g. 2,2,4)."),
+    steps: Optional[int] = typer.Option(None, min=1, help=f"Optimizer steps of the whole run (default {TrainConfig.steps}; "
+                                        "with --resume: the run's, or more to train further)."),
+    batch_size: int = typer.Option(TrainConfig.batch_size, min=1, help="Images per step."),
+    lr: Optional[float] = typer.Option(None, callback=positive, help=f"Adam learning rate, > 0 (default: the model's "
+                                       f"own, hvae 1e-4, else {TrainConfig.lr:g}; with --resume: the run's)."),
+    grad_clip: Optional[float] = typer.Option(None, min=0, help="Clip the global gradient norm to this; 0 = off "
+                                              "(default 0; with --resume: the run's)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder (or from this ckpt.safetensors) "
                                           "exactly where it stopped; model and data options then come from it."),
-    warmup: Optional[float] = typer.Option(None, help="KL warm-up: the weight rises linearly from 0 to 1 over this many steps (at most --steps; default half the run); 0 = no warm-up."),
-    output: str = typer.Option("gaussian", help="r(x | z): gaussian (fixed variance, the paper), laplace (L1) or bernoulli."),
-    join: Optional[str] = typer.Option(None, help="Ladder join (vlae only): concat (eq. 11, the default) or gated_add (authors' MNIST code)."),
-    seed: int = typer.Option(0, help="Random seed (weights, noise, data order)."),
+    restart_optimizer: bool = flag(False, "--restart-optimizer", help="With --resume from a checkpoint without "
+                                   "optimizer state (exported): continue with fresh Adam moments, not exactly."),
+    overwrite: bool = flag(False, "--overwrite", help="Delete the run already in --out (checkpoint, metrics, settings, "
+                           "tensorboard) and start afresh; without it such a folder is refused."),
+    config: Optional[Path] = typer.Option(None, "--config", callback=read_config, is_eager=True, exists=True,
+                                          dir_okay=False, help="A TOML file of these options (key = value, e.g. "
+                                          "steps = 2000), such as a run's settings.toml; command-line options win."),
+    warmup: Optional[float] = typer.Option(None, min=0, help="KL warm-up: the weight rises linearly from 0 to 1 over "
+                                           "this many steps (at most --steps; default half the run); 0 = none."),
+    likelihood: Optional[Likelihood] = typer.Option(None, help="r(x | z): gaussian (fixed variance, the paper; the "
+                                                    "default), laplace (L1) or bernoulli."),
+    output: Optional[Likelihood] = typer.Option(None, hidden=True, help="Deprecated name of --likelihood."),
+    join: Optional[Join] = typer.Option(None, help="Ladder join (vlae only): concat (eq. 11, the default) or "
+                                        "gated_add (authors' MNIST code)."),
+    seed: int = typer.Option(0, min=0, help="Random seed (weights, noise, data order)."),
     device: str = DEVICE,
-    kernels: Optional[str] = KERNELS,
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<dataset>-<model>-<timestamp>)."),
+    kernels: Optional[Kernels] = KERNELS,
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder, created with its parents (default "
+                                           "runs/<dataset>-<model>-<timestamp>); refused if it holds another run."),
     data_dir: Optional[Path] = DATA_DIR,
-    save_every: Optional[int] = typer.Option(None, help=f"Steps between checkpoints; 0 = only at the end (default {TrainConfig.save_every}; with --resume: the run's)."),
-    log_every: Optional[int] = typer.Option(None, help=f"Steps between metrics.jsonl lines (default {TrainConfig.log_every}; with --resume: the run's)."),
-    train_limit: Optional[int] = typer.Option(None, help="Train on only the first N images (quick experiments)."),
-    eval_limit: Optional[int] = typer.Option(None, help="Evaluate on only the first N test images."),
-    progress: bool = typer.Option(True, help="Show the progress bar."),
-    image_size: Optional[int] = typer.Option(None, help="folder: center-crop and resize images to SxS (default 64)."),
-    grayscale: bool = typer.Option(False, "--grayscale", help="folder: force grey-level images (default: detected)."),
-    rgb: bool = typer.Option(False, "--rgb", help="folder: force RGB images (default: detected)."),
-    svhn_extra: bool = typer.Option(False, "--svhn-extra", help="svhn: add extra_32x32.mat to training, as the authors did."),
-    nproc: int = typer.Option(1, help="Processes for data-parallel training (torchrun + DDP): one per GPU, or CPU "
-                              "processes (gloo). --batch-size is the global batch, split evenly."),
+    save_every: Optional[int] = typer.Option(None, min=0, help=f"Steps between checkpoints; 0 = only at the end "
+                                             f"(default {TrainConfig.save_every}; with --resume: the run's)."),
+    log_every: Optional[int] = typer.Option(None, min=1, help=f"Steps between metrics.jsonl lines (default "
+                                            f"{TrainConfig.log_every}; with --resume: the run's)."),
+    train_limit: Optional[int] = typer.Option(None, min=1, help="Train on only the first N images (quick experiments)."),
+    eval_limit: Optional[int] = typer.Option(None, min=1, help="Evaluate on only the first N test images."),
+    tensorboard: int = typer.Option(0, "--tensorboard", min=0, metavar="N", help="Also log to OUT/tensorboard/: "
+                                    "losses and KL per level at every metrics line, traversal grids every N steps "
+                                    "(0 = off; needs the tensorboard package)."),
+    progress: bool = PROGRESS,
+    json_out: bool = JSON,
+    image_size: Optional[int] = typer.Option(None, min=4, help="folder: center-crop and resize images to SxS (default 64)."),
+    grayscale: bool = flag(False, "--grayscale", help="folder: force grey-level images (default: detected)."),
+    rgb: bool = flag(False, "--rgb", help="folder: force RGB images (default: detected)."),
+    svhn_extra: bool = flag(False, "--svhn-extra", help="svhn: add extra_32x32.mat to training, as the authors did."),
+    nproc: int = typer.Option(1, min=1, help="Processes for data-parallel training (torchrun + DDP): one per GPU, or "
+                              "CPU processes (gloo). --batch-size is the global batch, split evenly."),
 ) -> None:
-    """Train a model; writes OUT/ckpt.safetensors and OUT/metrics.jsonl, then prints the test-set ELBO.
-    Ctrl-C saves a checkpoint and stops; --resume OUT continues the run."""
-    if nproc < 1:
-        raise typer.BadParameter("--nproc must be at least 1")
+    """Train a model; writes OUT/ckpt.safetensors, OUT/metrics.jsonl and OUT/settings.toml, then prints the
+    test-set ELBO. Ctrl-C saves a checkpoint and stops; --resume OUT continues the run."""
+    if output is not None:
+        err.print("note: --output is deprecated (it is easily taken for --out); use --likelihood", highlight=False)
+        likelihood = likelihood or output
     if nproc > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start it
-        one_dir = [] if out_dir or resume else ["--out", str(default_run_dir(dataset, model))]  # same for all ranks
-        raise typer.Exit(code=distributed.launch(nproc, sys.argv[1:] + one_dir))
-    if any(v is not None and v < 1 for v in (steps, batch_size, log_every)):
-        raise typer.BadParameter("--steps, --batch-size and --log-every must be at least 1")
-    if grad_clip is not None and grad_clip < 0:
-        raise typer.BadParameter("--grad-clip must be 0 (off) or a positive norm")
-    if grayscale and rgb:
-        raise typer.BadParameter("give --grayscale or --rgb, not both")
-    try:
-        start, data = None, str(data_dir) if data_dir else None
-        if resume is not None:
-            mcfg, tcfg, start = plan_resume(resume, dataset, steps=steps, lr=lr, grad_clip=grad_clip, device=device,
-                                            save_every=save_every, log_every=log_every, data_dir=data,
-                                            eval_limit=eval_limit)
-            if kernels is not None:
-                tcfg.kernels = kernels
-            run_dir = out_dir or Path(start.path).parent
-        else:
-            opts = data_options(dataset, image_size, "grayscale" if grayscale else "rgb" if rgb else None, svhn_extra)
-            shape = image_shape_of(dataset, data_dir, **opts)
-            mcfg = default_config(dataset, model, layers, parse_dims(latent_dim), output=output, image_shape=shape,
-                                  **({"join": join} if join is not None else {}))
-            tcfg = TrainConfig(dataset=dataset, steps=steps or TrainConfig.steps, batch_size=batch_size,
-                               lr=lr if lr is not None else default_lr(model) or TrainConfig.lr, warmup=warmup, seed=seed, device=device,
-                               save_every=TrainConfig.save_every if save_every is None else save_every,
-                               log_every=log_every or TrainConfig.log_every, data_dir=data,
-                               train_limit=train_limit, eval_limit=eval_limit, grad_clip=grad_clip or 0.0,
-                               kernels=kernels, data_options=opts)
-            run_dir = out_dir or default_run_dir(dataset, model)
-        result = run_training(mcfg, tcfg, run_dir, show_progress=progress, start=start)
-    except TrainingStopped as e:
-        err.print(f"[bold yellow]stopped:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=e.exit_code)
-    except VlaeError as e:
-        raise fail(e)
+        one_dir = [] if out_dir or resume else ["--out", str(default_run_dir(value(dataset), value(model)))]
+        raise typer.Exit(code=distributed.launch(nproc, sys.argv[1:] + one_dir))  # same run folder for all ranks
+    options = {**ctx.params, "dataset": value(dataset), "model": value(model), "likelihood": value(likelihood),
+               "join": value(join), "kernels": value(kernels), "latent_dims": parse_dims(latent_dim)}
+    with user_errors():
+        plan = runs.plan_run(value(dataset), options, given(ctx), resume=resume, out=out_dir, overwrite=overwrite,
+                             restart_optimizer=restart_optimizer)
+        result = run_training(plan.model_cfg, plan.train_cfg, plan.run_dir, show_progress=progress, start=plan.start,
+                              overwrite=overwrite, tensorboard_every=tensorboard)
     if "rank" in result:  # torchrun's other ranks: rank 0 reports
         return
+    if json_out:
+        return print_json(result)
     kl = ", ".join(f"{v:.2f}" for v in result["kl"])
-    out.print(f"test ELBO {result['elbo']:.2f} nats/image  (-log r(x|z) {result['recon_nll']:.2f}, KL per level [{kl}])")
+    out.print(f"test ELBO {result['elbo']:.2f} nats/image  (-log r(x|z) {result['recon_nll']:.2f}, KL per level [{kl}])",
+              highlight=False, markup=False)
     out.print(f"test reconstruction error: {result['mse']:.5f} mean squared error per pixel  "
               f"({result['images']} images, {result['steps']} steps in {result['train_seconds']:.0f} s on {result['device']})")
     out.print(f"checkpoint: {result['checkpoint']}")
@@ -140,153 +154,197 @@ def train(
 @app.command()
 def sample(
     ckpt: Path = CKPT,
-    n: int = typer.Option(64, "--n", help="Number of samples."),
-    out_path: Path = typer.Option(Path("samples.png"), "--out", help="PNG grid, or .npz for the raw array (key x: [n, C, H, W])."),
-    seed: int = typer.Option(0, help="Random seed."),
+    n: int = typer.Option(64, "--n", min=1, help="Number of samples."),
+    nrow: Optional[int] = typer.Option(None, min=1, help="Rows of the PNG grid (default: the most square grid "
+                                       "with every row full, e.g. 8 -> 2 x 4)."),
+    out_path: Path = typer.Option(Path("samples.png"), "--out", help="PNG grid, or .npz for the raw array "
+                                  "(key x: \\[n, C, H, W]); its folder must exist."),
+    seed: int = SEED,
     device: str = DEVICE,
 ) -> None:
     """Samples from the prior z ~ N(0, I)."""
-    try:
-        check_writable(out_path)
-        model, _ = load_model(ckpt, resolve_device(device))
-        path = save_images(generate.sample(model, n, seed), out_path)
-    except VlaeError as e:
-        raise fail(e)
-    out.print(f"wrote {n} samples to {path}")
+    with user_errors():
+        model, _ = load(ckpt, device, out_path)
+        ncol = -(-n // nrow) if nrow else None
+        check_request(n, model.cfg.image_shape, out_path, f"--n {n}", ncol)
+        path = save_images(generate.sample(model, n, seed), out_path, ncol)
+    out.print(f"wrote {n} samples to {path}", highlight=False)
 
 
 @app.command()
 def traverse(
     ckpt: Path = CKPT,
-    layer: int = typer.Option(..., help="Level to vary, 1-based: 1 = bottom (closest to x), as in the paper."),
-    out_path: Path = typer.Option(Path("traverse.png"), "--out", help="PNG grid, or .npz (key x: [rows, cols, C, H, W])."),
-    steps: int = typer.Option(10, help="Grid size: steps x steps."),
-    seed: int = typer.Option(0, help="Random seed for the levels held fixed."),
+    layer: int = typer.Option(..., min=1, help="Level to vary, 1-based: 1 = bottom (closest to x), as in the paper."),
+    out_path: Path = typer.Option(Path("traverse.png"), "--out", help="PNG grid (titled with what runs along rows "
+                                  "and columns), or .npz (key x: \\[rows, cols, C, H, W]); its folder must exist."),
+    steps: int = typer.Option(10, min=1, help="Grid size: STEPS values per side, STEPS x STEPS images."),
+    seed: int = typer.Option(0, min=0, help="Random seed for the levels held fixed."),
     device: str = DEVICE,
+    json_out: bool = JSON,
 ) -> None:
-    """Vary one level with the others fixed: a [-2, 2]^2 sweep for a 2-d level (Figure 5),
-    else rows of fresh draws of that level under fixed other levels (Figures 6, 7)."""
-    try:
-        check_writable(out_path)
-        model, _ = load_model(ckpt, resolve_device(device))
-        path = save_images(generate.traverse(model, layer, steps, seed), out_path)
+    """Vary one level with the others fixed: a \\[-2, 2]^2 sweep for a 2-d level (Figure 5),
+    else rows of fresh draws of that level under fixed other levels (Figures 6, 7).
+    Prints each level's share of the pixel variance (Figure 3)."""
+    with user_errors():
+        model, _ = load(ckpt, device, out_path)
+        check_request(steps * steps, model.cfg.image_shape, out_path, f"--steps {steps} ({steps}x{steps} images)", steps)
+        x = generate.traverse(model, layer, steps, seed)
+        path = save_images(x, out_path, title=generate.traverse_caption(model, layer, steps))
         shares = generate.variance_shares(model, seed=seed)
-    except VlaeError as e:
-        raise fail(e)
-    out.print(f"wrote the level-{layer} traversal ({steps}x{steps}) to {path}")
+    if json_out:
+        return print_json({"out": str(path), "layer": layer, "steps": steps, "control": model.CONTROL,
+                           "variance_shares": shares})
+    out.print(f"wrote the level-{layer} traversal ({steps}x{steps}) to {path}", highlight=False)
     txt = ", ".join(f"level {l}: {s:.1%}" for l, s in enumerate(shares, 1))
     out.print(f"share of pixel variance produced by redrawing each level's {model.CONTROL}_l alone "
-              f"(Figure 3; 32x32 grid per level): {txt}")
+              f"(Figure 3; 32x32 grid per level): {txt}", highlight=False)
 
 
 @app.command()
 def reconstruct(
     ckpt: Path = CKPT,
-    n: int = typer.Option(16, "--n", help="Number of test images."),
-    out_path: Path = typer.Option(Path("recon.png"), "--out", help="PNG (originals over reconstructions) or .npz."),
-    split: str = typer.Option("test", help="Data split: train or test."),
+    n: int = typer.Option(16, "--n", min=1, help="Number of images."),
+    out_path: Path = typer.Option(Path("recon.png"), "--out", help="PNG (row 'original' over row 'reconstruction') "
+                                  "or .npz (key x: \\[2, n, C, H, W]); its folder must exist."),
+    split: Split = SPLIT,
     data_dir: Optional[Path] = DATA_DIR,
     device: str = DEVICE,
 ) -> None:
     """The first N images of a split (top row) over their reconstructions from the posterior means."""
-    try:
-        check_writable(out_path)
-        model, ckpt_info = load_model(ckpt, resolve_device(device))
-        data = load_for_checkpoint(ckpt_info, split, data_dir)
-        path = save_images(generate.reconstruct(model, data, n), out_path)
-    except VlaeError as e:
-        raise fail(e)
-    out.print(f"wrote {n} originals and reconstructions to {path}")
+    with user_errors():
+        model, info = load(ckpt, device, out_path)
+        check_request(2 * n, model.cfg.image_shape, out_path, f"--n {n}", n)
+        data = load_for_checkpoint(info, value(split), data_dir)
+        path = save_images(generate.reconstruct(model, data, n), out_path, row_labels=generate.RECONSTRUCT_ROWS)
+    out.print(f"wrote {n} originals and reconstructions to {path}", highlight=False)
 
 
 @app.command()
 def encode(
     ckpt: Path = CKPT,
-    split: str = typer.Option("test", help="Data split: train or test."),
-    out_path: Path = typer.Option(Path("codes.npz"), "--out", help="Output .npz: z1 ... zL ([N, d_l]) and labels ([N])."),
+    split: Split = SPLIT,
+    out_path: Path = typer.Option(Path("codes.npz"), "--out", help="Output .npz: z1 ... zL (\\[N, d_l]) and labels "
+                                  "(\\[N]); its folder must exist."),
     data_dir: Optional[Path] = DATA_DIR,
     device: str = DEVICE,
 ) -> None:
     """Posterior means of every level for a data split, in data-set order."""
-    try:
-        check_writable(out_path, (".npz",))
-        model, ckpt_info = load_model(ckpt, resolve_device(device))
-        data = load_for_checkpoint(ckpt_info, split, data_dir)
-        codes = generate.encode(model, data)
-        np.savez_compressed(out_path, **{k: v.numpy() for k, v in codes.items()})
-    except VlaeError as e:
-        raise fail(e)
+    with user_errors():
+        model, info = load(ckpt, device, out_path, (".npz",))
+        codes = generate.encode(model, load_for_checkpoint(info, value(split), data_dir))
+        path = generate.save_codes(codes, out_path)
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in codes.items())
-    out.print(f"wrote {shapes} to {out_path}")
+    out.print(f"wrote {shapes} to {path}", highlight=False)
 
 
 @app.command()
 def gibbs(
     ckpt: Optional[Path] = typer.Argument(None, show_default=False, help=(
-        "An HVAE ckpt.safetensors (`vlae train mnist --model hvae`). Without it, the paper's 3-level MNIST HVAE "
-        f"is trained once under {gibbs_lib.DEFAULT_RUN}/ (~30 min on 2 CPU cores) and reused after.")),
-    steps: int = typer.Option(100, "--steps", help="Gibbs steps T per chain."),
-    chains: int = typer.Option(100, help="Number of chains N (and of ancestral samples beside them)."),
-    every: int = typer.Option(0, help="Also show the state after every K-th step as one row of the left panel (0 = only the last)."),
-    init: str = typer.Option("data", help="Starting points: data (random test images) or noise (uniform in [0, 1])."),
-    feed: str = typer.Option("sample", help="What continues the chain: sample (x ~ p(x|z_1), clamped to [0, 1], eq. 6) or mean."),
-    out_path: Path = typer.Option(Path("gibbs.png"), "--out", help="PNG (left Gibbs, right ancestral, labelled) or .npz (keys gibbs, ancestral[, states])."),
-    seed: int = typer.Option(0, help="Random seed (starting points, chain noise, ancestral samples)."),
+        "An HVAE run folder or ckpt.safetensors (`vlae train mnist --model hvae`). Without it, the paper's 3-level "
+        f"MNIST HVAE is trained once under {gibbs_lib.DEFAULT_RUN}/ (~30 min on 2 CPU cores) and reused after.")),
+    steps: int = typer.Option(100, "--steps", min=1, help="Gibbs steps T of each chain."),
+    chains: int = typer.Option(100, min=1, help="Number of chains N (and of ancestral samples beside them)."),
+    every: int = typer.Option(0, min=0, help="Also show the state after every K-th step as one row of the left "
+                              "panel (0 = only the last)."),
+    init: Init = typer.Option("data", help="Starting points: data (random test images) or noise (uniform in \\[0, 1])."),
+    feed: Feed = typer.Option("sample", help="What continues the chain: sample (x ~ p(x|z_1), eq. 6) or mean."),
+    out_path: Path = typer.Option(Path("gibbs.png"), "--out", help="PNG (left Gibbs, right ancestral, titled) or "
+                                  ".npz (keys gibbs, ancestral\\[, states]); its folder must exist."),
+    seed: int = typer.Option(0, min=0, help="Random seed (starting points, chain noise, ancestral samples)."),
     device: str = DEVICE,
     data_dir: Optional[Path] = DATA_DIR,
-    progress: bool = typer.Option(True, help="Show progress while training the default model or the classifier."),
+    progress: bool = PROGRESS,
+    json_out: bool = JSON,
 ) -> None:
     """Figure 2: a Gibbs chain on the bottom level only, z_1 ~ q(z_1|x_t), x_{t+1} ~ p(x|z_1) (eq. 6),
     beside ancestral samples of the whole model. Images show the mean of p(x|z_1); the chain goes on
     with a sample of it. Prints sample-quality scores from a small MNIST classifier (trained once, cached)."""
-    try:
+    with user_errors():
         check_writable(out_path)
         if ckpt is None:
             ckpt, trained = gibbs_lib.default_checkpoint(data_dir, device, progress)
-            out.print(f"{'trained' if trained else 'reusing'} {gibbs_lib.describe(ckpt)}")
-        model, info = load_model(ckpt, resolve_device(device))
+            err.print(f"{'trained' if trained else 'reusing'} {gibbs_lib.describe(ckpt)}", highlight=False)
+        model, info = load(ckpt, device, out_path)
         gibbs_lib.check_hvae(model)
-        data = load_for_checkpoint(info, "test", data_dir) if init == "data" else None
-        res = gibbs_lib.run_gibbs(model, data, chains, steps, every, init, feed, seed)
+        check_request(chains * (2 + (steps // every if every else 0)), model.cfg.image_shape, ".npz",
+                      f"--chains {chains}")
+        data = load_for_checkpoint(info, "test", data_dir) if value(init) == "data" else None
+        res = gibbs_lib.run_gibbs(model, data, chains, steps, every, value(init), value(feed), seed)
         left = res["states"] if every else res["gibbs"]
         label = f"Gibbs on z_1, rows every {every} steps" if every else f"Gibbs on z_1, {steps} steps"
         path = save_panels([(label, left), ("ancestral, all levels", res["ancestral"])], out_path, **res)
-        scores = None
-        if info.config.dataset == "mnist":
-            clf, acc = load_classifier(data_dir=data_dir, show_progress=progress)
-            scores = {k: quality_scores(clf, res[k]) for k in ("gibbs", "ancestral")}
-    except VlaeError as e:
-        raise fail(e)
-    out.print(f"wrote {chains} Gibbs-chain samples ({steps} steps from {init}) and {chains} ancestral samples to {path}")
-    if scores is None:
+        quality = score_samples({k: res[k] for k in ("gibbs", "ancestral")}, info.config.dataset,
+                                checkpoint_data_dir(info, data_dir), progress)
+    if json_out:
+        return print_json({"out": str(path), "chains": chains, "steps": steps, "init": value(init),
+                           "feed": value(feed), **(quality or {"scores": None})})
+    out.print(f"wrote {chains} Gibbs-chain samples ({steps} steps from {value(init)}) and {chains} ancestral samples "
+              f"to {path}", highlight=False)
+    if quality is None:
         out.print("no quality scores: the classifier knows MNIST only")
         return
-    out.print(f"sample quality (MNIST classifier, {acc:.2%} test accuracy): mean max-softmax confidence, "
-              f"entropy of predicted classes (max {scores['gibbs']['max_entropy']:.2f} nats)")
-    for name, s in scores.items():
-        out.print(f"  {name:9s}  confidence {s['confidence']:.3f}  class entropy {s['class_entropy']:.2f}  "
-                  f"classes {s['histogram']}")
+    s = quality["scores"]
+    out.print(f"sample quality (MNIST classifier, {quality['classifier_accuracy']:.2%} test accuracy): mean max-softmax "
+              f"confidence, entropy of predicted classes (max {s['gibbs']['max_entropy']:.2f} nats)", highlight=False)
+    for name, q in s.items():
+        out.print(f"  {name:9s}  confidence {q['confidence']:.3f}  class entropy {q['class_entropy']:.2f}  "
+                  f"classes {q['histogram']}", highlight=False, markup=False)
 
 
 @app.command()
 def evaluate(
     ckpt: Path = CKPT,
-    split: str = typer.Option("test", help="Data split: train or test."),
+    split: Split = SPLIT,
     data_dir: Optional[Path] = DATA_DIR,
-    seed: int = typer.Option(0, help="Seed of the one z sample per image."),
+    seed: int = typer.Option(0, min=0, help="Seed of the one z sample per image."),
     device: str = DEVICE,
+    json_out: bool = JSON,
 ) -> None:
-    """The ELBO (eq. 14) and reconstruction error of a checkpoint on a data split (what `train` prints at the end)."""
-    try:
-        model, info = load_model(ckpt, resolve_device(device))
-        data = load_for_checkpoint(info, split, data_dir)
-        r = evaluate_model(model, data, seed=seed)
-    except VlaeError as e:
-        raise fail(e)
+    """The ELBO (eq. 14) and reconstruction error of a checkpoint on a data split (what `train` prints at the end).
+    The ELBO is log-likelihood-like: higher is better (a negative loss)."""
+    with user_errors():
+        model, info = load(ckpt, device)
+        r = evaluate_model(model, load_for_checkpoint(info, value(split), data_dir), seed=seed)
+    split = value(split)
+    if json_out:
+        return print_json({"split": split, "step": info.step, **r})
     kl = ", ".join(f"{v:.2f}" for v in r["kl"])
-    out.print(f"{split} ELBO {r['elbo']:.2f} nats/image  (-log r(x|z) {r['recon_nll']:.2f}, KL per level [{kl}])")
+    out.print(f"{split} ELBO {r['elbo']:.2f} nats/image  (-log r(x|z) {r['recon_nll']:.2f}, KL per level [{kl}])",
+              highlight=False, markup=False)
     out.print(f"{split} reconstruction error: {r['mse']:.5f} mean squared error per pixel  "
-              f"({r['images']} images, checkpoint at step {info.step})")
+              f"({r['images']} images, checkpoint at step {info.step})", highlight=False)
+
+
+@app.command()
+def info(
+    path: Path = typer.Argument(..., help="A run folder or a ckpt.safetensors.", show_default=False),
+    json_out: bool = JSON,
+) -> None:
+    """What a run or checkpoint holds: model, config, step of total, data set, metrics, file size, and
+    whether it can be resumed exactly (optimizer and RNG state)."""
+    with user_errors():
+        d = runs.describe(path)
+    if json_out:
+        return print_json(d)
+    test, last = d["metrics"].get("test") or {}, d["metrics"].get("train") or {}
+    rows = [
+        ("checkpoint", f"{d['checkpoint']} ({d['file_bytes'] / 1e6:.1f} MB)"),
+        ("model", f"{d['model']}, {len(d['latent_dims'])} levels, code widths {d['latent_dims']} (bottom first), "
+                  f"likelihood {d['config'].get('output')}"),
+        ("data set", f"{d['dataset']}" + (f" from {d['data_dir']}" if d["data_dir"] else "")),
+        ("step", f"{d['step']} of {d['total_steps']}" + (" (finished)" if d["finished"] else " (unfinished)")),
+        ("training", ", ".join(f"{k} {d['train'][k]}" for k in ("batch_size", "lr", "warmup", "seed") if k in d["train"])),
+        ("last train line", f"loss {last['loss']:.2f} (KL weight {last.get('kl_weight', '?')})" if "loss" in last else "none"),
+        ("test ELBO", f"{test['elbo']:.2f} nats/image, MSE {test['mse']:.5f} per pixel" if "elbo" in test else "not evaluated"),
+        ("holds", ("optimizer state" if d["optimizer_state"] else "no optimizer state (cannot resume exactly)")
+                  + (", RNG state" if d["rng_state"] else ", no RNG state")),
+    ]
+    if "metrics_file" in d:
+        rows.append(("metrics", f"{d['metrics_file']} ({d['metrics_lines']} lines)"))
+    if "settings_file" in d:
+        rows.append(("settings", d["settings_file"]))
+    for k, v in rows:
+        out.print(f"{k + ':':17s}{v}", highlight=False, markup=False)
 
 
 def main() -> None:

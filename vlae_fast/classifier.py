@@ -120,3 +120,15 @@ def quality_scores(clf: nn.Module, x: Tensor) -> dict:
     entropy = -(hist[hist > 0] * hist[hist > 0].log()).sum().item() + 0.0  # + 0.0 turns -0.0 into 0.0
     return {"confidence": probs.max(1).values.mean().item(), "class_entropy": entropy,
             "max_entropy": math.log(10), "histogram": counts.tolist()}
+
+
+def score_samples(samples: dict[str, Tensor], dataset: str, data_dir: str | Path | None = None,
+                  show_progress: bool = True) -> dict | None:
+    """quality_scores of each named batch of samples with the cached classifier (trained first if there
+    is none), or None for a data set other than MNIST (the only one it knows).
+
+    Returns {"classifier_accuracy": test accuracy, "scores": {name: quality_scores(...)}}."""
+    if dataset != "mnist":
+        return None
+    clf, acc = load_classifier(data_dir=data_dir, show_progress=show_progress)
+    return {"classifier_accuracy": acc, "scores": {k: quality_scores(clf, x) for k, x in samples.items()}}

@@ -1,11 +1,15 @@
 """What a trained model shows: prior samples, level traversals (Figures 5-7), reconstructions, codes."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .data import ImageSet
 from .errors import ConfigError
+from .images import check_writable
 from .models.base import LatentModel
 
 
@@ -33,13 +37,22 @@ def sweep_controls(model: LatentModel, layer: int, steps: int, g: torch.Generato
     return c
 
 
+CHUNK = 1000  # images decoded at once: the decoder's activations stay small however many are asked for
+
+
+def decode_in_chunks(model: LatentModel, c: list[Tensor], chunk: int = CHUNK) -> Tensor:
+    """model.decode_controls over slices of `chunk` rows (the images land on the CPU): [n, C, H, W]."""
+    n = c[0].shape[0]
+    return torch.cat([model.decode_controls([cl[i : i + chunk] for cl in c]).cpu() for i in range(0, n, chunk)])
+
+
 @torch.no_grad()
 def sample(model: nn.Module, n: int, seed: int = 0) -> Tensor:
     """n images from the prior z ~ N(0, I): [n, C, H, W] in [0, 1]."""
     if n < 1:
         raise ConfigError(f"--n must be at least 1; got {n}")
     model.eval()
-    return model.generate(model.prior_sample(n, _generator(model, seed)))
+    return decode_in_chunks(model, model.prior_controls(n, _generator(model, seed)))
 
 
 @torch.no_grad()
@@ -60,8 +73,19 @@ def traverse(model: LatentModel, layer: int, steps: int = 10, seed: int = 0, spa
         c = sweep_controls(model, layer, steps, g, span)
     else:
         c = redraw_controls(model, layer, steps, g)
-    x = model.decode_controls(c)
+    x = decode_in_chunks(model, c)
     return x.view(steps, steps, *x.shape[1:])
+
+
+def traverse_caption(model: LatentModel, layer: int, steps: int, span: float = 2.0) -> str:
+    """What runs along the rows and columns of traverse()'s grid, for the picture's title."""
+    name, d = f"{model.CONTROL}_{layer}", model.latent_dims[layer - 1]
+    others = f"other levels: one prior draw"
+    if model.TRAVERSAL == "sweep" and d == 2:
+        return (f"level {layer}: columns {name}[1] from {-span:g} to {span:g}, rows {name}[2] from {span:g} (top) "
+                f"to {-span:g}, {steps} values each\n{others}")
+    return (f"level {layer}: {name} ({d}-d) redrawn from N(0, I) in every cell\n"
+            f"each row: {others} per row")
 
 
 @torch.no_grad()
@@ -93,6 +117,9 @@ def reconstruct(model: nn.Module, data: ImageSet, n: int = 16) -> Tensor:
     return torch.stack([x, model.generate(mus)])
 
 
+RECONSTRUCT_ROWS = ["original", "reconstruction"]  # the labels of reconstruct()'s two rows
+
+
 @torch.no_grad()
 def encode(model: nn.Module, data: ImageSet, batch_size: int = 500) -> dict[str, Tensor]:
     """Posterior means per level for every image of `data`, in data-set order: {'z1': [N, d_1], ...}."""
@@ -108,3 +135,13 @@ def encode(model: nn.Module, data: ImageSet, batch_size: int = 500) -> dict[str,
     if data.labels is not None:
         codes["labels"] = data.labels.cpu()
     return codes
+
+
+def save_codes(codes: dict[str, Tensor], path: str | Path) -> Path:
+    """Write encode()'s codes as a compressed .npz (keys z1 .. zL [N, d_l], labels [N])."""
+    path = check_writable(path, (".npz",))
+    try:
+        np.savez_compressed(path, **{k: v.numpy() for k, v in codes.items()})
+    except OSError as e:
+        raise ConfigError(f"--out {path}: cannot write ({e.strerror or e})") from None
+    return path

@@ -12,15 +12,29 @@ from torch import Tensor
 from .errors import ConfigError
 
 
+MAX_PNG_PIXELS = Image.MAX_IMAGE_PIXELS  # ~89 M: larger PNGs trip PIL's (and viewers') decompression-bomb guard
+MAX_ARRAY_BYTES = 4 << 30  # the most float32 image data one command builds in memory, whatever the machine has
+
+
+def columns(n: int, nrow: int | None = None) -> int:
+    """Images per row for n images: n / nrow for a given row count, else the most square layout that fills
+    every row (8 -> 2 x 4), or ~sqrt(n) per row where no divisor is close to square (7 -> 3 x 3, one empty)."""
+    if nrow:
+        return max(1, -(-n // nrow))
+    root = np.sqrt(n)
+    fits = [c for c in range(int(np.ceil(root)), int(2 * root) + 1) if n % c == 0]
+    return fits[0] if fits else max(1, int(np.ceil(root)))
+
+
 def grid(x: Tensor, ncol: int | None = None, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
     """Tile images into one uint8 array [H', W'] (grey) or [H', W', 3] (colour).
 
-    x: [rows, cols, C, H, W] (a grid already) or [N, C, H, W] (tiled ncol per row, default ~sqrt(N)).
+    x: [rows, cols, C, H, W] (a grid already) or [N, C, H, W] (tiled ncol per row, default: columns(N)).
     """
     x = x.detach().float().cpu().clamp(0, 1)
     if x.dim() == 4:
         N = x.shape[0]
-        ncol = ncol or max(1, int(np.ceil(np.sqrt(N))))
+        ncol = ncol or columns(N)
         nrow = (N + ncol - 1) // ncol
         fill = torch.full((nrow * ncol - N, *x.shape[1:]), pad_value)
         x = torch.cat([x, fill]).view(nrow, ncol, *x.shape[1:])
@@ -37,29 +51,106 @@ def grid(x: Tensor, ncol: int | None = None, pad: int = 2, pad_value: float = 1.
 
 
 def check_writable(path: str | Path, suffixes: tuple[str, ...] = (".png", ".npz")) -> Path:
-    """Fail early (before long work) if `path` has the wrong suffix or its folder cannot be written."""
+    """Fail early (before long work) if `path` has the wrong suffix or its folder is missing or read-only.
+    Creates nothing: a folder that does not exist is an error, not a guess."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         raise ConfigError(f"--out {path}: use a file name ending in {' or '.join(suffixes)}")
     parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out {path}: cannot create folder {parent} ({e.strerror})") from None
+    if not parent.is_dir():
+        what = "is a file, not a folder" if parent.exists() else "does not exist"
+        raise ConfigError(f"--out {path}: folder {parent} {what}; create the folder first or choose another path")
     if path.is_dir() or not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ConfigError(f"--out {path}: not writable; choose another path")
     return path
 
 
-def save_images(x: Tensor, path: str | Path, ncol: int | None = None, **arrays: Tensor) -> Path:
-    """Write x as a PNG grid, or (path ending in .npz) the raw float32 array under key 'x' plus `arrays`."""
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux: MemAvailable), or MAX_ARRAY_BYTES where that is unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return MAX_ARRAY_BYTES
+
+
+def check_request(n: int, image_shape: tuple[int, ...], path: str | Path, option: str, ncol: int | None = None) -> None:
+    """Refuse, before any work, a request for n images that will not fit: the float32 array in memory
+    (at most MAX_ARRAY_BYTES and half of the memory available) or, for a PNG, a grid beyond MAX_PNG_PIXELS.
+    `option` names what asked for them (e.g. "--n 100000")."""
+    C, H, W = image_shape
+    need = 4 * n * C * H * W
+    limit = min(MAX_ARRAY_BYTES, available_memory() // 2)
+    if need > limit:
+        fit = max(1, limit // (4 * C * H * W))
+        raise ConfigError(f"{option} asks for {n} images of {C}x{H}x{W}: {_gb(need)} as float32, more than the "
+                          f"{_gb(limit)} this command may use here; ask for at most {fit} images")
+    if Path(path).suffix.lower() == ".png":
+        ncol = ncol or columns(n)
+        nrow = -(-n // ncol)
+        pixels = (2 + nrow * (H + 2)) * (2 + ncol * (W + 2))
+        if pixels > MAX_PNG_PIXELS:
+            raise ConfigError(f"{option} asks for a {nrow} x {ncol} grid of {H}x{W} images: a PNG of "
+                              f"{pixels / 1e6:.0f} M pixels, more than the {MAX_PNG_PIXELS / 1e6:.0f} M that image "
+                              "readers accept; ask for fewer images or write .npz")
+
+
+def _font():
+    from PIL import ImageFont
+
+    return ImageFont.load_default()
+
+
+def _text_size(text: str) -> tuple[int, int]:
+    left, top, right, bottom = _font().getbbox(text)
+    return right - left, bottom
+
+
+def labelled(tile: np.ndarray, title: str | None = None, row_labels: list[str] | None = None,
+             rows: int = 1, margin: int = 4) -> np.ndarray:
+    """A grid (grid()'s array) with a title line above it and a label left of each of its `rows` rows."""
+    from PIL import ImageDraw
+
+    font = _font()
+    line_h = _text_size("Ag")[1] + 2 * margin  # text plus a margin above and below
+    top = line_h * len(title.splitlines()) if title else 0
+    left = (max(_text_size(t)[0] for t in row_labels) + 2 * margin) if row_labels else 0
+    mode = "L" if tile.ndim == 2 else "RGB"
+    white, black = (255, 0) if mode == "L" else ((255, 255, 255), (0, 0, 0))
+    title_w = max((_text_size(t)[0] + 2 * margin for t in title.splitlines()), default=0) if title else 0
+    canvas = Image.new(mode, (max(left + tile.shape[1], title_w), top + tile.shape[0]), white)
+    canvas.paste(Image.fromarray(tile), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(title.splitlines() if title else []):
+        draw.text((left + margin, i * line_h + margin), line, fill=black, font=font)
+    if row_labels:
+        row_h = tile.shape[0] / rows
+        for r, text in enumerate(row_labels):
+            y = top + int(r * row_h + row_h / 2 - _text_size(text)[1] / 2)
+            draw.text((margin, y), text, fill=black, font=font)
+    return np.asarray(canvas)
+
+
+def save_images(x: Tensor, path: str | Path, ncol: int | None = None, title: str | None = None,
+                row_labels: list[str] | None = None, **arrays: Tensor) -> Path:
+    """Write x as a PNG grid (with an optional title above and labels left of the rows), or (path ending
+    in .npz) the raw float32 array under key 'x' plus `arrays`."""
     path = check_writable(path)
     try:
         if path.suffix.lower() == ".npz":
             extra = {k: v.detach().float().cpu().numpy() for k, v in arrays.items()}
             np.savez_compressed(path, x=x.detach().float().cpu().numpy(), **extra)
         else:
-            Image.fromarray(grid(x, ncol)).save(path)
+            tile = grid(x, ncol)
+            if title or row_labels:
+                tile = labelled(tile, title, row_labels, rows=x.shape[0] if x.dim() == 5 else 1)
+            Image.fromarray(tile).save(path)
     except OSError as e:
         raise ConfigError(f"--out {path}: cannot write ({e.strerror or e})") from None
     return path
@@ -67,25 +158,21 @@ def save_images(x: Tensor, path: str | Path, ncol: int | None = None, **arrays: 
 
 def save_panels(panels: list[tuple[str, Tensor]], path: str | Path, gap: int = 8,
                 **arrays: Tensor) -> Path:
-    """Write labelled image grids side by side as one PNG (label above each panel), or (path ending
+    """Write labelled image grids side by side as one PNG (a title above each panel), or (path ending
     in .npz) the given `arrays` by name. Each panel: [N, C, H, W] or [rows, cols, C, H, W], as for grid()."""
-    from PIL import ImageDraw  # only this writer draws text
-
     path = check_writable(path)
     try:
         if path.suffix.lower() == ".npz":
             np.savez_compressed(path, **{k: v.detach().float().cpu().numpy() for k, v in arrays.items()})
             return path
-        tiles = [grid(x) for _, x in panels]
-        label_h = 14  # PIL's default bitmap font is ~11 px high
-        height = label_h + max(t.shape[0] for t in tiles)
+        tiles = [labelled(grid(x), label) for label, x in panels]
+        height = max(t.shape[0] for t in tiles)
         width = sum(t.shape[1] for t in tiles) + gap * (len(tiles) - 1)
         mode = "L" if tiles[0].ndim == 2 else "RGB"
         canvas = Image.new(mode, (width, height), 255 if mode == "L" else (255, 255, 255))
-        draw, left = ImageDraw.Draw(canvas), 0
-        for (label, _), tile in zip(panels, tiles):
-            draw.text((left + 2, 1), label, fill=0 if mode == "L" else (0, 0, 0))
-            canvas.paste(Image.fromarray(tile), (left, label_h))
+        left = 0
+        for tile in tiles:
+            canvas.paste(Image.fromarray(tile), (left, 0))
             left += tile.shape[1] + gap
         canvas.save(path)
     except OSError as e:

@@ -54,10 +54,12 @@ def find_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def plan_resume(path: str | Path, dataset: str | None = None, **overrides) -> tuple[object, object, Checkpoint]:
+def plan_resume(path: str | Path, dataset: str | None = None, restart_optimizer: bool = False,
+                **overrides) -> tuple[object, object, Checkpoint]:
     """The model config, TrainConfig and checkpoint to continue the run saved at `path` (a run folder or a
     checkpoint). `overrides` (None = keep) may change only the OVERRIDABLE options; `dataset`, if given,
-    must be the run's."""
+    must be the run's. A checkpoint without optimizer state (exported or stripped) cannot continue the
+    run exactly: refused, unless restart_optimizer accepts fresh Adam moments."""
     from .train import TrainConfig  # train imports this module
 
     ckpt_path = find_checkpoint(path)
@@ -65,6 +67,10 @@ def plan_resume(path: str | Path, dataset: str | None = None, **overrides) -> tu
     if not ckpt.train or "seed" not in ckpt.train:
         raise CheckpointError(f"{ckpt_path} holds no training state (it was not written by `vlae train`); "
                               "it cannot be resumed")
+    if not ckpt.optim_state and not restart_optimizer:
+        raise CheckpointError(f"{ckpt_path} holds no optimizer state (an exported or weights-only checkpoint), so "
+                              "the run cannot go on exactly where it stopped; resume from the run's own checkpoint, "
+                              "or pass --restart-optimizer to continue with fresh Adam moments")
     if dataset is not None and ckpt.train.get("dataset") != dataset:
         raise ConfigError(f"--resume {path}: that run trained on {ckpt.train.get('dataset')!r}, not {dataset!r}; "
                           f"use `vlae train {ckpt.train.get('dataset')} --resume {path}`")

@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import distributed, guards, resume
+from . import distributed, guards, resume, runs
 from .checkpoint import CKPT_NAME, Checkpoint, save_checkpoint
 from .data import ImageSet, load_dataset
 from .errors import ConfigError
 from .kernels import set_backend
 from .models import build_model
-from .progress import progress_bar
+from .progress import progress_bar, status
+from .tblog import TensorBoardLog, require_tensorboard
 
 
 @dataclass
@@ -115,13 +116,17 @@ def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 500, seed: int 
 
 
 def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool = True,
-          start: Checkpoint | None = None) -> dict:
-    """Train a model described by `model_cfg` on cfg.dataset; write out_dir/ckpt.safetensors and
-    out_dir/metrics.jsonl. Returns the final test-set evaluation (see `evaluate`) plus timing.
+          start: Checkpoint | None = None, overwrite: bool = False, tensorboard_every: int = 0) -> dict:
+    """Train a model described by `model_cfg` on cfg.dataset; write out_dir/ckpt.safetensors,
+    out_dir/metrics.jsonl and out_dir/settings.toml. Returns the final test-set evaluation (see
+    `evaluate`) plus timing.
 
     start: a checkpoint to continue from (see resume.plan_resume): its step, weights, optimizer and RNG
     state. SIGINT/SIGTERM save a checkpoint and raise TrainingStopped; so does a non-finite loss (without
-    saving). Both messages say how to resume."""
+    saving). Both messages say how to resume. A folder holding another run is refused unless `overwrite`
+    (which deletes that run's files); the folder is created only once the data and model are ready.
+    tensorboard_every: also log to out_dir/tensorboard/ (losses every log line, traversal grids every
+    this many steps); 0 = off."""
     out_dir = Path(out_dir)
     if not 0 <= cfg.warmup <= cfg.steps:
         raise ConfigError(f"--warmup {cfg.warmup:g} must be between 0 and --steps {cfg.steps}, so the run ends on the "
@@ -129,14 +134,12 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     device = resolve_device(cfg.device)
     rank, device = distributed.setup(device)  # one process, or one of torchrun's
     distributed.check_batch(cfg.batch_size, rank)
-    try:
-        if rank.main:  # rank 0 alone touches the run folder
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "metrics.jsonl").touch()
-    except OSError as e:
-        raise ConfigError(f"--out {out_dir}: cannot write there ({e.strerror}); choose another folder") from None
+    if rank.main:
+        runs.check_run_dir(out_dir, overwrite, start.path if start else None)  # before any slow work
     if cfg.kernels is not None:
         set_backend(cfg.kernels)  # ConfigError for an unknown name, or triton where it is missing
+    if tensorboard_every:
+        require_tensorboard()  # before any slow work
     show_progress = show_progress and rank.main
     torch.manual_seed(cfg.seed)
 
@@ -149,6 +152,10 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     train_set = train_set.to(device)  # loaded once; batches are drawn by index on the device
 
     model = build_model(model_cfg).to(device)
+    if rank.main:  # rank 0 alone touches the run folder, once nothing before training can fail
+        runs.start_run_dir(out_dir, overwrite, start.path if start else None)
+        runs.write_settings(out_dir, model_cfg, cfg)
+    tb = TensorBoardLog(out_dir, tensorboard_every) if tensorboard_every and rank.main else None
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     train_info = asdict(cfg)
     ckpt_path = out_dir / CKPT_NAME
@@ -187,7 +194,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
             optimizer.step()
 
             done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            if done % cfg.log_every == 0 or done == cfg.steps or done == 1:  # step 1: a first loss to see at once
                 figures = distributed.mean_over_ranks(torch.cat([loss.detach()[None], recon.detach()[None], kl.detach()]), rank)
                 loss_v, recon_v, *kl_list = figures.tolist()  # a CPU-GPU sync point: only every log_every steps
                 last = {"step": done, "loss": loss_v, "recon": recon_v, "kl": kl_list,
@@ -196,6 +203,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                 log.flush()
                 kl_txt = " ".join(f"KL{l}={v:.2f}" for l, v in enumerate(kl_list, 1))
                 bar.update(task, stats=f"loss={last['loss']:.2f} recon={last['recon']:.2f} {kl_txt}")
+                if tb is not None:
+                    tb.log(last, model)
             bar.update(task, completed=done)
             stopping = distributed.any_rank(stop.requested, rank, device)  # all ranks stop at the same step
             if (cfg.save_every and done % cfg.save_every == 0 or stopping) and done < cfg.steps:
@@ -206,6 +215,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                 last_saved = str(ckpt_path)
             if stopping and done < cfg.steps:
                 log.close()
+                if tb is not None:
+                    tb.close()
                 distributed.teardown(rank)
                 raise stop.stopped(done, cfg.steps, str(ckpt_path), resume_hint)
     seconds = time.perf_counter() - t0
@@ -215,7 +226,10 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         distributed.teardown(rank)
         return {"rank": rank.rank}
     with guards.StopRequest():  # all steps are done: a Ctrl-C now waits for the final checkpoint
-        result = evaluate(model, test_set, seed=cfg.seed)
+        with status(f"evaluate on {len(test_set)} test images", show_progress):
+            result = evaluate(model, test_set, seed=cfg.seed)
+        if tb is not None:
+            tb.close(result, cfg.steps)
         result.update(train_seconds=round(seconds, 1), steps=cfg.steps, device=str(device))
         log.write(json.dumps({"step": cfg.steps, "test": result}) + "\n")
         log.close()

@@ -50,18 +50,22 @@ def image_shape_of(name: str, data_dir: str | Path | None = None, **options) -> 
     return load_folder("train", data_dir, **options).image_shape
 
 
-__all__ = ["ImageSet", "LOADERS", "data_options", "default_data_root", "image_shape_of", "load_dataset", "load_for_checkpoint",
+__all__ = ["ImageSet", "LOADERS", "checkpoint_data_dir", "data_options", "default_data_root", "image_shape_of", "load_dataset", "load_for_checkpoint",
            "resolve_data_dir"]
 
 
-def load_for_checkpoint(ckpt, split: str, data_dir: str | Path | None = None) -> ImageSet:
-    """The data set a checkpoint was trained on (its config's name and the loader options it stored).
-
-    data_dir: where to read it; None = the folder the run was trained from, if it still exists, else
-    the usual $VLAE_DATA_DIR / user-cache search.
-    """
+def checkpoint_data_dir(ckpt, data_dir: str | Path | None = None) -> str | Path | None:
+    """Where every command that takes a checkpoint reads data: --data-dir, else the folder the run was
+    trained from (if it still exists), else None (= $VLAE_DATA_DIR, else the user cache)."""
     stored = ckpt.train.get("data_dir")
     if data_dir is None and stored and Path(stored).is_dir():
-        data_dir = stored
-    return load_dataset(ckpt.config.dataset, split, data_dir, **ckpt.train.get("data_options", {}))
+        return stored
+    return data_dir
+
+
+def load_for_checkpoint(ckpt, split: str, data_dir: str | Path | None = None) -> ImageSet:
+    """The data set a checkpoint was trained on (its config's name and the loader options it stored),
+    read from checkpoint_data_dir(ckpt, data_dir)."""
+    return load_dataset(ckpt.config.dataset, split, checkpoint_data_dir(ckpt, data_dir),
+                        **ckpt.train.get("data_options", {}))
 
