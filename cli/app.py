@@ -135,7 +135,7 @@ def train(
     options = {**ctx.params, "dataset": value(dataset), "model": value(model), "likelihood": value(likelihood),
                "join": value(join), "kernels": value(kernels), "latent_dims": parse_dims(latent_dim)}
     with user_errors():
-        plan = runs.plan_run(value(dataset), options, given(ctx), resume=resume, out=out_dir, overwrite=overwrite,
+        plan = runs.plan_run(value(dataset), options, given(ctx), resume=resume, out=out_dir,
                              restart_optimizer=restart_optimizer)
         result = run_training(plan.model_cfg, plan.train_cfg, plan.run_dir, show_progress=progress, start=plan.start,
                               overwrite=overwrite, tensorboard_every=tensorboard)

@@ -13,7 +13,7 @@ from .errors import ConfigError
 
 
 MAX_PNG_PIXELS = Image.MAX_IMAGE_PIXELS  # ~89 M: larger PNGs trip PIL's (and viewers') decompression-bomb guard
-MAX_ARRAY_BYTES = 4 << 30  # the most float32 image data one command builds in memory, whatever the machine has
+MAX_ARRAY_BYTES = 2 << 30  # the most float32 image data one command builds in memory, whatever the machine has
 
 
 def columns(n: int, nrow: int | None = None) -> int:
@@ -82,11 +82,12 @@ def available_memory() -> int:
 
 def check_request(n: int, image_shape: tuple[int, ...], path: str | Path, option: str, ncol: int | None = None) -> None:
     """Refuse, before any work, a request for n images that will not fit: the float32 array in memory
-    (at most MAX_ARRAY_BYTES and half of the memory available) or, for a PNG, a grid beyond MAX_PNG_PIXELS.
-    `option` names what asked for them (e.g. "--n 100000")."""
+    (at most MAX_ARRAY_BYTES, and a quarter of the memory available: the array, its NumPy copy and the
+    writer's buffers) or, for a PNG, a grid beyond MAX_PNG_PIXELS. `option` names what asked for them
+    (e.g. "--n 100000")."""
     C, H, W = image_shape
     need = 4 * n * C * H * W
-    limit = min(MAX_ARRAY_BYTES, available_memory() // 2)
+    limit = min(MAX_ARRAY_BYTES, available_memory() // 4)
     if need > limit:
         fit = max(1, limit // (4 * C * H * W))
         raise ConfigError(f"{option} asks for {n} images of {C}x{H}x{W}: {_gb(need)} as float32, more than the "

@@ -99,15 +99,14 @@ def takes_option(model: str, name: str) -> bool:
 
 
 def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = frozenset(), resume: str | Path | None = None,
-             out: str | Path | None = None, overwrite: bool = False, restart_optimizer: bool = False) -> RunPlan:
+             out: str | Path | None = None, restart_optimizer: bool = False) -> RunPlan:
     """What `vlae train` does: a fresh run from `options` (the command's options by their Python names,
     None = the default), or the run saved at `resume` (a run folder or checkpoint), where only the
     OVERRIDABLE options in `given` (those set on the command line or in --config) may change.
 
     Fresh: the data set's model defaults (models.default_config), the model's own learning rate.
-    Refused: --join for a model without one; model or data options together with --resume; a run
-    folder that holds another run (unless overwrite); a checkpoint without optimizer state (unless
-    restart_optimizer)."""
+    Refused: --join for a model without one; model or data options together with --resume; a checkpoint
+    without optimizer state (unless restart_optimizer). train() refuses a run folder holding another run."""
     from .train import TrainConfig  # train imports this module
 
     o = dict(options)
@@ -124,15 +123,13 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
         if o.get("kernels") is not None:
             cfg.kernels = o["kernels"]
         run_dir = Path(out) if out is not None else Path(start.path).parent
-        check_run_dir(run_dir, overwrite, resuming_from=start.path)
-        return RunPlan(model_cfg, cfg, start, run_dir)
+        return RunPlan(model_cfg, cfg, start, run_dir)  # train() checks run_dir (on rank 0 alone, under torchrun)
 
     model = o.get("model") or "vlae"
     if o.get("join") is not None and model in REGISTRY and not takes_option(model, "join"):
         raise ConfigError(f"--join applies to ladder models (vlae) only; the {model} model has no ladder join, "
                           "so drop --join")
     run_dir = Path(out) if out is not None else default_run_dir(dataset, model)
-    check_run_dir(run_dir, overwrite)
     color = "grayscale" if o.get("grayscale") else "rgb" if o.get("rgb") else None
     opts = data_options(dataset, o.get("image_size"), color, bool(o.get("svhn_extra")))
     shape = image_shape_of(dataset, o.get("data_dir"), **opts)
