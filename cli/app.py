@@ -18,14 +18,14 @@ from vlae_fast.images import check_request, check_writable, save_images, save_pa
 from vlae_fast.runs import default_run_dir
 from vlae_fast.train import TrainConfig, evaluate as evaluate_model, train as run_training
 
-from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Dataset, Feed, Init, Join, Kernels,
+from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Dataset, Feed, Group, Init, Join, Kernels,
                      Likelihood, Model, Split, code_widths, err, fail, flag, given, load, out, parse_dims, positive,
                      print_json, user_errors, value)
 
 app = typer.Typer(
     help="Variational Ladder Autoencoders (Zhao, Song & Ermon, ICML 2017): train, sample, traverse, inspect.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown",
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["-h", "--help"]}, cls=Group,
 )
 
 
@@ -112,9 +112,10 @@ def train(
                                             f"{TrainConfig.log_every}; with --resume: the run's)."),
     train_limit: Optional[int] = typer.Option(None, min=1, help="Train on only the first N images (quick experiments)."),
     eval_limit: Optional[int] = typer.Option(None, min=1, help="Evaluate on only the first N test images."),
-    tensorboard: int = typer.Option(0, "--tensorboard", min=0, metavar="N", help="Also log to OUT/tensorboard/: "
-                                    "losses and KL per level at every metrics line, traversal grids every N steps "
-                                    "(0 = off; needs the tensorboard package)."),
+    tensorboard: bool = flag(False, "--tensorboard", help="Also log to OUT/tensorboard/: losses and KL per level at "
+                             "every metrics line, each level's traversal grid every --tensorboard-every steps "
+                             "(needs the tensorboard package)."),
+    tensorboard_every: int = typer.Option(500, min=1, help="Steps between the traversal grids of --tensorboard."),
     progress: bool = PROGRESS,
     json_out: bool = JSON,
     image_size: Optional[int] = typer.Option(None, min=4, help="folder: center-crop and resize images to SxS (default 64)."),
@@ -138,7 +139,7 @@ def train(
         plan = runs.plan_run(value(dataset), options, given(ctx), resume=resume, out=out_dir,
                              restart_optimizer=restart_optimizer)
         result = run_training(plan.model_cfg, plan.train_cfg, plan.run_dir, show_progress=progress, start=plan.start,
-                              overwrite=overwrite, tensorboard_every=tensorboard)
+                              overwrite=overwrite, tensorboard_every=tensorboard_every if tensorboard else 0)
     if "rank" in result:  # torchrun's other ranks: rank 0 reports
         return
     if json_out:

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from vlae_fast.checkpoint import load_model
 from vlae_fast.data import LOADERS
@@ -87,6 +88,27 @@ def parse_dims(text: str | None) -> list[int] | None:
 def flag(default: bool, *names: str, help: str) -> bool:
     """A boolean flag shown as a flag in --help (no '<bool>' type column)."""
     return typer.Option(default, *names, help=help, metavar="")
+
+
+def _as_flag(option):
+    if option is not None:
+        option.metavar = ""  # -h/--help is a flag too
+    return option
+
+
+class Group(TyperGroup):
+    """The app's command group: shows -h/--help as a flag, in its own help and in every command's."""
+
+    def get_help_option(self, ctx):
+        return _as_flag(super().get_help_option(ctx))
+
+    def get_command(self, ctx, name):
+        cmd = super().get_command(ctx, name)
+        if cmd is not None and not hasattr(cmd, "_help_as_flag"):
+            base = cmd.get_help_option
+            cmd.get_help_option = lambda c: _as_flag(base(c))
+            cmd._help_as_flag = True
+        return cmd
 
 
 CKPT = typer.Argument(..., help="A run folder, or the ckpt.safetensors `vlae train` wrote in it.", show_default=False)

@@ -64,7 +64,7 @@ def run_dir(tmp_path_factory, mnist_dir) -> Path:
     (["train", "mnist", "--join", "sum"], "--join"),
     (["train", "mnist", "--kernels", "cuda"], "--kernels"),
     (["train", "mnist", "--device", "gpu"], "--device"),
-    (["train", "mnist", "--tensorboard", "-1"], "--tensorboard"),
+    (["train", "mnist", "--tensorboard-every", "0"], "--tensorboard-every"),
     (["train", "mnist", "--data-dir", "{tmp}/typo"], "--data-dir"),
     (["train", "cifar10"], "'cifar10' is not one of"),
     (["train", "mnist", "--model", "hvae", "--join", "gated_add"], "--join applies to ladder models"),
@@ -148,13 +148,14 @@ def test_resume_without_optimizer_state_is_refused_unless_asked(run_dir, tmp_pat
 
 # --- resource caps --------------------------------------------------------------------------------------
 def test_requests_that_do_not_fit_are_refused_with_their_size(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr("vlae_fast.images.MAX_ARRAY_BYTES", 1_000_000)
+    r = run("sample", tiny_ckpt, "--n", "500", "--out", tmp_path / "s.npz")
+    assert r.exit_code == 2 and "--n 500" in r.output and "1.6 MB" in r.output and "at most 318 images" in r.output
+    monkeypatch.undo()
     r = run("traverse", tiny_ckpt, "--layer", "1", "--steps", "1000", "--out", tmp_path / "t.npz")
     assert r.exit_code == 2 and "--steps 1000" in r.output and "3.1 GB" in r.output
     r = run("sample", tiny_ckpt, "--n", "100000", "--out", tmp_path / "s.png")
     assert r.exit_code == 2 and "--n 100000" in r.output and "M pixels" in r.output
-    monkeypatch.setattr("vlae_fast.images.MAX_ARRAY_BYTES", 1_000_000)
-    r = run("sample", tiny_ckpt, "--n", "500", "--out", tmp_path / "s.npz")
-    assert r.exit_code == 2 and "--n 500" in r.output and "1.6 MB" in r.output and "at most 318 images" in r.output
     assert list(tmp_path.iterdir()) == []
 
 
@@ -190,7 +191,7 @@ def test_tensorboard_logs_losses_kl_and_traversal_grids(tmp_path, mnist_dir):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    r = tiny_train(tmp_path, mnist_dir, tmp_path / "tb", "--tensorboard", "2")
+    r = tiny_train(tmp_path, mnist_dir, tmp_path / "tb", "--tensorboard", "--tensorboard-every", "2")
     assert r.exit_code == 0, r.output
     ea = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
     ea.Reload()
@@ -232,8 +233,8 @@ def test_version_short_help_brackets_and_flags():
     r = run("sample", "-h", env={"COLUMNS": "300"})
     assert r.exit_code == 0 and "[n, C, H, W]" in r.stdout
     r = run("train", "-h", env={"COLUMNS": "300"})
-    flags = [l for l in r.stdout.splitlines() if "--grayscale" in l or "--overwrite" in l or "--json" in l]
-    assert len(flags) == 3 and not any("<bool>" in l for l in flags)
+    flags = [l for l in r.stdout.splitlines() if any(f in l for f in ("--grayscale", "--overwrite", "--json", "--help"))]
+    assert len(flags) == 4 and not any("<bool>" in l for l in flags)
     assert "--output" not in r.stdout and "--likelihood" in r.stdout
 
 
@@ -261,7 +262,7 @@ def test_pictures_are_labelled(tiny_ckpt, tmp_path, mnist_dir):
 
     model, _ = load_model(tiny_ckpt)
     caption = traverse_caption(model, 1, 5)
-    assert "columns z_1[1] from -2 to 2" in caption and "rows z_1[2] from 2 (top) to -2" in caption
+    assert "columns: z_1[1] from -2 to 2" in caption and "rows: z_1[2] from 2 (top) to -2" in caption
     assert run("traverse", tiny_ckpt, "--layer", 1, "--steps", 5, "--out", tmp_path / "t.png").exit_code == 0
     t = np.asarray(Image.open(tmp_path / "t.png"))
     title_h = t.shape[0] - (5 * 30 + 2)

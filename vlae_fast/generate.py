@@ -78,14 +78,15 @@ def traverse(model: LatentModel, layer: int, steps: int = 10, seed: int = 0, spa
 
 
 def traverse_caption(model: LatentModel, layer: int, steps: int, span: float = 2.0) -> str:
-    """What runs along the rows and columns of traverse()'s grid, for the picture's title."""
+    """What runs along the rows and columns of traverse()'s grid (steps x steps), for the picture's title."""
     name, d = f"{model.CONTROL}_{layer}", model.latent_dims[layer - 1]
-    others = f"other levels: one prior draw"
     if model.TRAVERSAL == "sweep" and d == 2:
-        return (f"level {layer}: columns {name}[1] from {-span:g} to {span:g}, rows {name}[2] from {span:g} (top) "
-                f"to {-span:g}, {steps} values each\n{others}")
-    return (f"level {layer}: {name} ({d}-d) redrawn from N(0, I) in every cell\n"
-            f"each row: {others} per row")
+        return (f"level {layer}; other levels: one prior draw\n"
+                f"columns: {name}[1] from {-span:g} to {span:g}\n"
+                f"rows: {name}[2] from {span:g} (top) to {-span:g}")
+    return (f"level {layer}: {name} ({d}-d) drawn afresh\n"
+            f"in each of the {steps} x {steps} cells;\n"
+            f"rows: one draw of the other levels each")
 
 
 @torch.no_grad()
