@@ -88,7 +88,7 @@ def test_nproc_2_runs_torchrun_and_rank0_alone_writes(tmp_path, mnist_dir):
     assert len(lines) == 4, lines  # 3 steps + the test line, written once
     model, ckpt = load_model(run / "ckpt.safetensors")  # loads like any other checkpoint
     assert ckpt.step == 3 and ckpt.config.layers == 2
-    assert sorted(f.name for f in run.iterdir()) == ["ckpt.safetensors", "metrics.jsonl"]
+    assert sorted(f.name for f in run.iterdir()) == ["ckpt.safetensors", "metrics.jsonl", "settings.toml"]
 
 
 def resume_worker(rank: int, tmp: str, mnist_dir: str) -> None:
