@@ -131,7 +131,7 @@ def test_a_failed_train_leaves_no_run_folder(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def test_resume_without_optimizer_state_is_refused_unless_asked(run_dir, tmp_path):
+def test_resume_without_optimizer_state_is_refused_unless_asked(run_dir, tmp_path, mnist_dir):
     from vlae_fast.checkpoint import load_model, save_checkpoint
 
     model, ckpt = load_model(run_dir / "ckpt.safetensors")
@@ -141,7 +141,8 @@ def test_resume_without_optimizer_state_is_refused_unless_asked(run_dir, tmp_pat
     r = run("train", "mnist", "--resume", exported, "--steps", "3", "--no-progress")
     assert r.exit_code == 2 and "no optimizer state" in r.output and "--restart-optimizer" in r.output
     assert len(r.output.strip().splitlines()) == 1 and digest(exported) == before
-    r = run("train", "mnist", "--resume", exported, "--steps", "3", "--no-progress", "--restart-optimizer")
+    r = run("train", "mnist", "--resume", exported, "--steps", "3", "--no-progress", "--restart-optimizer",
+            "--data-dir", mnist_dir)
     assert r.exit_code == 0, r.output
     assert "3 steps" in r.output
 

@@ -119,6 +119,8 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
             raise ConfigError(f"{names}: a resumed run keeps the model and data options of its checkpoint; "
                               f"drop {names}, or start a new run with --out")
         overrides = {k: o.get(k) for k in OVERRIDABLE if k in given}
+        if overrides.get("data_dir") is not None:
+            overrides["data_dir"] = str(overrides["data_dir"])  # stored in the checkpoint's JSON metadata
         model_cfg, cfg, start = plan_resume(resume, dataset, restart_optimizer=restart_optimizer, **overrides)
         if o.get("kernels") is not None:
             cfg.kernels = o["kernels"]
