@@ -10,12 +10,12 @@ from typing import Optional
 
 import typer
 
-from vlae_fast import distributed, generate, gibbs as gibbs_lib, runs
+from vlae_fast import distributed, generate, gibbs as gibbs_lib, rundir
 from vlae_fast.classifier import score_samples
 from vlae_fast.data import checkpoint_data_dir, load_for_checkpoint
 from vlae_fast.errors import VlaeError
 from vlae_fast.images import check_request, check_writable, save_images, save_panels
-from vlae_fast.runs import default_run_dir
+from vlae_fast.rundir import default_run_dir
 from vlae_fast.train import TrainConfig, evaluate as evaluate_model, train as run_training
 
 from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Dataset, Feed, Group, Init, Join, Kernels,
@@ -53,7 +53,7 @@ def read_config(ctx: typer.Context, path: Optional[Path]) -> Optional[Path]:
     if path is None:
         return None
     try:
-        settings = runs.read_settings(path)
+        settings = rundir.read_settings(path)
     except VlaeError as e:
         raise typer.BadParameter(str(e).removeprefix(f"--config {path}: ")) from None
     if "output" in settings:  # the likelihood's old name
@@ -136,7 +136,7 @@ def train(
     options = {**ctx.params, "dataset": value(dataset), "model": value(model), "likelihood": value(likelihood),
                "join": value(join), "kernels": value(kernels), "latent_dims": parse_dims(latent_dim)}
     with user_errors():
-        plan = runs.plan_run(value(dataset), options, given(ctx), resume=resume, out=out_dir,
+        plan = rundir.plan_run(value(dataset), options, given(ctx), resume=resume, out=out_dir,
                              restart_optimizer=restart_optimizer)
         result = run_training(plan.model_cfg, plan.train_cfg, plan.run_dir, show_progress=progress, start=plan.start,
                               overwrite=overwrite, tensorboard_every=tensorboard_every if tensorboard else 0)
@@ -324,7 +324,7 @@ def info(
     """What a run or checkpoint holds: model, config, step of total, data set, metrics, file size, and
     whether it can be resumed exactly (optimizer and RNG state)."""
     with user_errors():
-        d = runs.describe(path)
+        d = rundir.describe(path)
     if json_out:
         return print_json(d)
     test, last = d["metrics"].get("test") or {}, d["metrics"].get("train") or {}

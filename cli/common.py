@@ -25,7 +25,7 @@ from vlae_fast.images import check_writable
 from vlae_fast.kernels import BACKENDS
 from vlae_fast.models import REGISTRY
 from vlae_fast.models.likelihood import OUTPUTS
-from vlae_fast.runs import checkpoint_path
+from vlae_fast.rundir import checkpoint_path
 from vlae_fast.train import resolve_device
 
 out = Console(soft_wrap=True)  # results: never wrapped at 80 columns when piped

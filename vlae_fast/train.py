@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import distributed, guards, resume, runs
+from . import distributed, guards, resume, rundir
 from .checkpoint import CKPT_NAME, Checkpoint, save_checkpoint
 from .data import ImageSet, load_dataset
 from .errors import ConfigError
@@ -135,7 +135,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     rank, device = distributed.setup(device)  # one process, or one of torchrun's
     distributed.check_batch(cfg.batch_size, rank)
     if rank.main:
-        runs.check_run_dir(out_dir, overwrite, start.path if start else None)  # before any slow work
+        rundir.check_run_dir(out_dir, overwrite, start.path if start else None)  # before any slow work
     if cfg.kernels is not None:
         set_backend(cfg.kernels)  # ConfigError for an unknown name, or triton where it is missing
     if tensorboard_every:
@@ -153,8 +153,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
 
     model = build_model(model_cfg).to(device)
     if rank.main:  # rank 0 alone touches the run folder, once nothing before training can fail
-        runs.start_run_dir(out_dir, overwrite, start.path if start else None)
-        runs.write_settings(out_dir, model_cfg, cfg)
+        rundir.start_run_dir(out_dir, overwrite, start.path if start else None)
+        rundir.write_settings(out_dir, model_cfg, cfg)
     tb = TensorBoardLog(out_dir, tensorboard_every) if tensorboard_every and rank.main else None
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     train_info = asdict(cfg)
