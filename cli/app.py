@@ -21,6 +21,8 @@ from vlae_fast.models import default_config, default_lr
 from vlae_fast.resume import plan_resume
 from vlae_fast.train import TrainConfig, evaluate as evaluate_model, resolve_device, train as run_training
 
+from . import explore as explore_cli
+
 app = typer.Typer(
     help="Variational Ladder Autoencoders (Zhao, Song & Ermon, ICML 2017): train, sample, traverse, inspect.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -287,6 +289,11 @@ def evaluate(
     out.print(f"{split} ELBO {r['elbo']:.2f} nats/image  (-log r(x|z) {r['recon_nll']:.2f}, KL per level [{kl}])")
     out.print(f"{split} reconstruction error: {r['mse']:.5f} mean squared error per pixel  "
               f"({r['images']} images, checkpoint at step {info.step})")
+
+
+app.command()(explore_cli.explore)
+app.command()(explore_cli.swap)
+app.command()(explore_cli.export)
 
 
 def main() -> None:

@@ -156,13 +156,21 @@ def expected_state(config, path: str | Path) -> dict[str, torch.Tensor]:
                               "the file is corrupt or from another version") from None
 
 
+EXPORT_DTYPES = (torch.float16, torch.bfloat16)  # what `vlae export --dtype` may store a float32 weight as
+
+
+def _dtype_fits(stored: torch.dtype, expected: torch.dtype) -> bool:
+    """A weight fits in its own dtype, or exported at half precision (loading widens it again)."""
+    return stored == expected or (stored in EXPORT_DTYPES and expected == torch.float32)
+
+
 def check_fits(expected: dict[str, torch.Tensor], ckpt: Checkpoint, path: str | Path) -> None:
     """CheckpointError naming every missing, unexpected and wrongly shaped or typed tensor at once."""
     missing = sorted(set(expected) - set(ckpt.model_state))
     unexpected = sorted(set(ckpt.model_state) - set(expected))
     wrong = [f"{k} {tuple(v.shape)}/{v.dtype} (expected {tuple(expected[k].shape)}/{expected[k].dtype})"
              for k, v in ckpt.model_state.items()
-             if k in expected and (v.shape != expected[k].shape or v.dtype != expected[k].dtype)]
+             if k in expected and (v.shape != expected[k].shape or not _dtype_fits(v.dtype, expected[k].dtype))]
     if missing or unexpected or wrong:
         parts = [f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}" if missing else "",
                  f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}" if unexpected else "",
@@ -172,7 +180,8 @@ def check_fits(expected: dict[str, torch.Tensor], ckpt: Checkpoint, path: str | 
 
 
 def load_weights(model: nn.Module, ckpt: Checkpoint, path: str | Path) -> None:
-    """Load ckpt's weights into `model` strictly; CheckpointError naming every key that does not fit."""
+    """Load ckpt's weights into `model` strictly; CheckpointError naming every key that does not fit.
+    Half-precision weights (an export) are widened to the model's float32 as they are copied in."""
     check_fits(model.state_dict(), ckpt, path)
     model.load_state_dict(ckpt.model_state, strict=True)
 
