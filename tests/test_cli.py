@@ -85,7 +85,7 @@ def test_reconstruct_finds_the_training_data_without_data_dir(tmp_path, tiny_ckp
     (["train", "cifar10"], "unknown data set 'cifar10'"),
     (["encode", "{ckpt}", "--data-dir", "{tmp}"], "MNIST files missing"),
     (["sample", "{ckpt}", "--out", "{tmp}/text.safetensors/x.png"], "cannot create folder"),
-    (["sample", "{ckpt}", "--out", "{tmp}/x.jpg"], "ending in .png or .npz"),
+    (["sample", "{ckpt}", "--out", "{tmp}/x.jpg"], "ending in .png or .gif or .npz"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, tiny_ckpt, args, message):
     from safetensors.torch import save_file
