@@ -103,4 +103,5 @@ def export(
     except VlaeError as e:
         raise fail(e)
     before, after = ckpt.stat().st_size, path.stat().st_size
-    out.print(f"wrote {path}: {after / 1e6:.1f} MB ({dtype} weights and config) from {before / 1e6:.1f} MB", highlight=False)
+    out.print(f"wrote {path}: {after / 1e6:.1f} MB ({dtype} weights and config) from {before / 1e6:.1f} MB",
+              highlight=False, soft_wrap=True)
