@@ -229,7 +229,7 @@ def gibbs(
     chains: int = typer.Option(100, help="Number of chains N (and of ancestral samples beside them)."),
     every: int = typer.Option(0, help="Also show the state after every K-th step as one row of the left panel (0 = only the last)."),
     init: str = typer.Option("data", help="Starting points: data (random test images) or noise (uniform in [0, 1])."),
-    feed: str = typer.Option("sample", help="What continues the chain: sample (x ~ p(x|z_1), clamped to [0, 1], eq. 6) or mean."),
+    feed: str = typer.Option("sample", help="What continues the chain: sample (x ~ p(x|z_1) as drawn, eq. 6) or mean."),
     out_path: Path = typer.Option(Path("gibbs.png"), "--out", help="PNG (left Gibbs, right ancestral, labelled) or .npz (keys gibbs, ancestral[, states])."),
     seed: int = typer.Option(0, help="Random seed (starting points, chain noise, ancestral samples)."),
     device: str = DEVICE,

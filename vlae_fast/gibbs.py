@@ -54,7 +54,8 @@ def default_checkpoint(data_dir: str | Path | None = None, device: str = "auto",
 
 
 def sample_x(mean: Tensor, output: str, scale: float | None, generator: torch.Generator | None = None) -> Tensor:
-    """x ~ p(x | z_1) around its mean (in [0, 1]), clamped to the data range [0, 1]."""
+    """x ~ p(x | z_1) around its mean (in [0, 1]). Not clamped: eq. 6 re-encodes a draw of p(x | z_1) itself,
+    which a Gaussian or Laplace puts outside [0, 1] (only the pictures clamp what they show)."""
     if output == "bernoulli":
         return torch.bernoulli(mean, generator=generator)
     if output == "gaussian":
@@ -64,7 +65,7 @@ def sample_x(mean: Tensor, output: str, scale: float | None, generator: torch.Ge
         noise = -torch.sign(u) * torch.log1p(-2 * u.abs())
     else:
         raise ConfigError(f"cannot sample output distribution {output!r}")
-    return (mean + scale * noise).clamp_(0, 1)
+    return mean + scale * noise
 
 
 def initial_states(model: nn.Module, init: str, n: int, data: ImageSet | None, seed: int = 0) -> Tensor:
@@ -93,9 +94,9 @@ def gibbs_chain(model: nn.Module, x0: Tensor, steps: int, every: int = 0, feed: 
                 seed: int = 0) -> tuple[Tensor, Tensor | None]:
     """Run eq. 6 for `steps` steps from x0 ([N, C, H, W]).
 
-    Returns the mean of p(x | z_1) after the last step ([N, C, H, W]) and, if every > 0, the means
-    after steps every, 2 every, ... ([steps // every, N, C, H, W]). The chain continues with a sample
-    of p(x | z_1) (feed='sample', eq. 6) or with its mean (feed='mean', a deterministic-decoder variant).
+    Returns the mean of p(x | z_1) after the last step ([N, C, H, W], in [0, 1]) and, if every > 0, the
+    means after steps every, 2 every, ... ([steps // every, N, C, H, W]). The chain continues with a sample
+    of p(x | z_1) (feed='sample', eq. 6; unclamped) or with its mean (feed='mean', a deterministic-decoder variant).
     """
     check_hvae(model)
     if steps < 1:
