@@ -6,7 +6,7 @@ from PIL import Image
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from vlae_fast import gibbs
+from vlae_fast import gibbs, runs
 from vlae_fast.checkpoint import read_checkpoint
 from vlae_fast.classifier import load_classifier, quality_scores
 from vlae_fast.cli.app import app
@@ -19,9 +19,9 @@ TINY = {"steps": 3, "warmup": 2, "batch_size": 50, "train_limit": 200, "eval_lim
 
 @pytest.fixture(scope="module")
 def hvae_ckpt(tmp_path_factory, mnist_dir):
-    """A 3-level MNIST HVAE trained for 3 steps, through the same function the bare `vlae gibbs` uses."""
+    """A 3-level MNIST HVAE trained for 3 steps, through the same function the bare `vlae gibbs` uses (runs.py)."""
     run = tmp_path_factory.mktemp("hvae") / "runs" / "mnist-hvae-gibbs"
-    ckpt, trained = gibbs.default_checkpoint(mnist_dir, "cpu", False, run_dir=run, **TINY)
+    ckpt, trained = runs.default_hvae(mnist_dir, "cpu", False, run_dir=run, **TINY)
     assert trained and ckpt.is_file()
     return ckpt
 
@@ -145,7 +145,7 @@ def test_gibbs_refuses_a_vlae_and_unfinished_runs(tiny_ckpt, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text("")
     with pytest.raises(ConfigError, match="not saved a checkpoint yet"):
-        gibbs.default_checkpoint(run_dir=tmp_path / "run")
+        runs.default_hvae(run_dir=tmp_path / "run")
 
 
 def test_cli_bare_gibbs_reuses_the_default_run(hvae_ckpt, classifier_cache, mnist_dir, tmp_path, monkeypatch):
@@ -194,3 +194,13 @@ def test_cli_train_hvae_uses_its_own_learning_rate(tmp_path, mnist_dir):
     r = runner.invoke(app, ["train", "mnist", "--model", "hvae", "--join", "gated_add", "--steps", "1",
                             "--out", str(tmp_path / "x"), "--data-dir", str(mnist_dir), "--no-progress"])
     assert r.exit_code == 2 and "join" in r.stderr
+
+
+def test_the_sampling_module_does_not_train():
+    """Training the default HVAE is runs.py's job: gibbs.py reads finished checkpoints only."""
+    import ast
+    import inspect
+
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(gibbs)))
+                if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"train", "config", "runs"}, imported
