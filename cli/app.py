@@ -11,7 +11,7 @@ import numpy as np
 import typer
 from rich.console import Console
 
-from vlae_fast import distributed, generate, gibbs as gibbs_lib
+from vlae_fast import distributed, generate, gibbs as gibbs_lib, runs
 from vlae_fast.checkpoint import load_model
 from vlae_fast.classifier import load_classifier, quality_scores
 from vlae_fast.data import data_options, image_shape_of, load_for_checkpoint
@@ -226,12 +226,12 @@ def encode(
 def gibbs(
     ckpt: Optional[Path] = typer.Argument(None, show_default=False, help=(
         "An HVAE ckpt.safetensors (`vlae train mnist --model hvae`). Without it, the paper's 3-level MNIST HVAE "
-        f"is trained once under {gibbs_lib.DEFAULT_RUN}/ (~30 min on 2 CPU cores) and reused after.")),
+        f"is trained once under {runs.DEFAULT_HVAE_RUN}/ (~30 min on 2 CPU cores) and reused after.")),
     steps: int = typer.Option(100, "--steps", help="Gibbs steps T per chain."),
     chains: int = typer.Option(100, help="Number of chains N (and of ancestral samples beside them)."),
     every: int = typer.Option(0, help="Also show the state after every K-th step as one row of the left panel (0 = only the last)."),
     init: str = typer.Option("data", help="Starting points: data (random test images) or noise (uniform in [0, 1])."),
-    feed: str = typer.Option("sample", help="What continues the chain: sample (x ~ p(x|z_1), clamped to [0, 1], eq. 6) or mean."),
+    feed: str = typer.Option("sample", help="What continues the chain: sample (x ~ p(x|z_1) as drawn, eq. 6) or mean."),
     out_path: Path = typer.Option(Path("gibbs.png"), "--out", help="PNG (left Gibbs, right ancestral, labelled) or .npz (keys gibbs, ancestral[, states])."),
     seed: int = typer.Option(0, help="Random seed (starting points, chain noise, ancestral samples)."),
     device: str = DEVICE,
@@ -244,8 +244,8 @@ def gibbs(
     try:
         check_writable(out_path)
         if ckpt is None:
-            ckpt, trained = gibbs_lib.default_checkpoint(data_dir, device, progress)
-            out.print(f"{'trained' if trained else 'reusing'} {gibbs_lib.describe(ckpt)}")
+            ckpt, trained = runs.default_hvae(data_dir, device, progress)
+            out.print(f"{'trained' if trained else 'reusing'} {runs.describe(ckpt)}")
         model, info = load_model(ckpt, resolve_device(device))
         gibbs_lib.check_hvae(model)
         data = load_for_checkpoint(info, "test", data_dir) if init == "data" else None

@@ -78,7 +78,33 @@ for step in range(1, 10**9):
         p.wait()
         steps.append(read_checkpoint(path).step)  # raises if the kill left a broken file
     assert max(steps) > 0, steps  # the children did overwrite the file while being killed
-    assert all(not f.name.startswith(".ckpt") or f.suffix == ".tmp" for f in tmp_path.iterdir())
+
+
+def test_a_kill_inside_the_write_leaves_the_old_file_and_a_temp_that_resume_removes(tmp_path):
+    """A child killed while its temp file is half written (inside fsync): the checkpoint is the previous one,
+    and the temp it left is what resume.remove_stale_temps deletes before a resumed run saves again."""
+    from vlae_fast.resume import remove_stale_temps
+
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, tiny_model(), step=1)
+    child = f"""
+import os, time
+from vlae_fast.checkpoint import save_checkpoint
+from vlae_fast.models import build_model, make_config
+def stuck(fd):
+    print("writing", flush=True)
+    time.sleep(600)
+os.fsync = stuck
+save_checkpoint({str(path)!r}, build_model(make_config({TINY!r})), step=2)
+"""
+    p = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "writing"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert read_checkpoint(path).step == 1
+    assert len(list(tmp_path.iterdir())) == 2, list(tmp_path.iterdir())  # the checkpoint and the temp
+    remove_stale_temps(path)
+    assert [f.name for f in tmp_path.iterdir()] == [path.name]
 
 
 def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):

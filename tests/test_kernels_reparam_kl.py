@@ -119,10 +119,9 @@ def test_in_kernel_noise_repeats_with_the_seed_and_is_standard_normal():
     z3, _ = reparam_kl_triton(mu, logvar)  # the generator moved on: fresh noise
     assert torch.equal(z1, z2) and not torch.equal(z1, z3)
     assert torch.all(kl == 0)
-    n = z1.numel()  # 262144 draws: the mean's standard error is 0.002, the variance's 0.003
+    # 262144 draws: the mean's standard error is 0.002, the variance's 0.003
     assert abs(z1.mean().item()) < 0.01 and abs(z1.var().item() - 1.0) < 0.015, (z1.mean(), z1.var())
     assert abs(torch.corrcoef(torch.stack([z1.flatten(), z3.flatten()]))[0, 1].item()) < 0.01
-    assert n == 262144
 
 
 def test_levels_get_different_noise():
@@ -151,7 +150,17 @@ def test_bad_inputs_say_what_is_wrong():
 
 
 def test_reference_single_op_unchanged():
+    """The reference (and the package's op on the torch path) against the formulas written out."""
+    from vlae_fast.kernels import use_backend
+
     mus, logvars, eps = make_inputs(5, [3], torch.float64, seed=17)
-    z, kl = reparam_kl_torch(mus[0], logvars[0], eps[0])
-    torch.testing.assert_close(z, mus[0] + (0.5 * logvars[0]).exp() * eps[0])
-    assert reparam_kl_dispatch is not None and kl.shape == (5,)
+    mu, logvar = mus[0], logvars[0]
+    want_z = mu + (0.5 * logvar).exp() * eps[0]
+    want_kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1)  # KL(N(mu, sigma^2) || N(0, I)) per row
+    z, kl = reparam_kl_torch(mu, logvar, eps[0])
+    torch.testing.assert_close(z, want_z)
+    torch.testing.assert_close(kl, want_kl)
+    with use_backend("torch"):
+        z, kl = reparam_kl_dispatch(mu, logvar, eps[0])
+    torch.testing.assert_close(z, want_z)
+    torch.testing.assert_close(kl, want_kl)

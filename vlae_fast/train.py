@@ -10,43 +10,21 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import distributed, guards, resume
+from . import guards, resume
 from .checkpoint import CKPT_NAME, Checkpoint, save_checkpoint
+from .config import TrainConfig
 from .data import ImageSet, load_dataset
+from .distributed import Processes
 from .errors import ConfigError
 from .kernels import set_backend
 from .models import build_model
 from .progress import progress_bar
-
-
-@dataclass
-class TrainConfig:
-    dataset: str = "mnist"
-    steps: int = 4000  # ~0.33 s/step on 2 CPU cores (~22 min); the 2-d MNIST levels have formed by then
-    batch_size: int = 100  # authors' code
-    lr: float = 2e-4  # Adam, authors' code
-    warmup: float | None = None  # KL weight rises linearly 0 -> 1 over these steps (<= steps); None = steps / 2; 0 = none
-    seed: int = 0
-    device: str = "auto"  # auto = cuda if available, else cpu
-    save_every: int = 1000  # steps between checkpoints (0 = only at the end)
-    log_every: int = 50  # steps between metrics.jsonl lines
-    data_dir: str | None = None
-    train_limit: int | None = None  # use only the first N training images (quick runs, tests)
-    eval_limit: int | None = None  # evaluate on only the first N test images
-    kernels: str | None = None  # auto | triton | torch; None = keep the library's choice ($VLAE_KERNELS, else auto)
-    noise_seed: int | None = None  # draw the training noise eps on the CPU from this seed, the same on every kernel path
-    data_options: dict = field(default_factory=dict)  # loader options (folder: image_size, color; svhn: extra)
-    grad_clip: float = 0.0  # max global gradient norm; 0 = off (the authors do not clip)
-
-    def __post_init__(self):
-        if self.warmup is None:  # fixed now, so a resumed run with more --steps keeps the same schedule
-            self.warmup = self.steps / 2
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,13 +37,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def explicit_noise(seed: int, step: int, rank: int, n: int, dims, device: torch.device) -> list[torch.Tensor]:
-    """The z noise of `step` drawn on the CPU from (seed, step, rank) alone: one [n, d_l] draw per level.
+def explicit_noise(seed: int, step: int, n: int, dims, device: torch.device) -> list[torch.Tensor]:
+    """The z noise of `step`'s global batch drawn on the CPU from (seed, step) alone: one [n, d_l] draw per level.
 
-    The same on every kernel path (so Triton and the reference can be compared step for step), and
-    a pure function of the step, so a resumed run replays it without saving generator state.
+    The same on every kernel path (so Triton and the reference can be compared step for step) and for
+    any number of processes (each takes its shard), and a pure function of the step, so a resumed run
+    replays it without saving generator state.
     """
-    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + rank)
+    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 64)
     return [torch.randn(n, d, generator=g).to(device) for d in dims]
 
 
@@ -127,17 +106,18 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         raise ConfigError(f"--warmup {cfg.warmup:g} must be between 0 and --steps {cfg.steps}, so the run ends on the "
                           "true objective (KL weight 1); lower --warmup or raise --steps")
     device = resolve_device(cfg.device)
-    rank, device = distributed.setup(device)  # one process, or one of torchrun's
-    distributed.check_batch(cfg.batch_size, rank)
+    procs = Processes.start(device)  # this process alone, or one of torchrun's
+    device = procs.device
+    procs.check_batch(cfg.batch_size)
     try:
-        if rank.main:  # rank 0 alone touches the run folder
+        if procs.main:  # rank 0 alone touches the run folder
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "metrics.jsonl").touch()
     except OSError as e:
         raise ConfigError(f"--out {out_dir}: cannot write there ({e.strerror}); choose another folder") from None
     if cfg.kernels is not None:
         set_backend(cfg.kernels)  # ConfigError for an unknown name, or triton where it is missing
-    show_progress = show_progress and rank.main
+    show_progress = show_progress and procs.main
     torch.manual_seed(cfg.seed)
 
     train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, **cfg.data_options).head(cfg.train_limit)
@@ -149,6 +129,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     train_set = train_set.to(device)  # loaded once; batches are drawn by index on the device
 
     model = build_model(model_cfg).to(device)
+    net = procs.wrap(model)  # `model` itself for one process; before Adam, as the wrap may swap modules
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     train_info = asdict(cfg)
     ckpt_path = out_dir / CKPT_NAME
@@ -156,14 +137,12 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     if start is not None:  # after the model is built: its random init is then overwritten
         first = resume.restore(start, model, optimizer, cfg.lr)
         last_saved = start.path
-        if rank.main:
+        if procs.main:
             resume.trim_metrics(out_dir / "metrics.jsonl", first)
             resume.remove_stale_temps(ckpt_path)
-    net = distributed.wrap(model, rank, device)  # `model` itself for one process
-    if rank.world > 1 and not (start and distributed.restore_rank_rng(start.rng, rank, device)):
-        torch.manual_seed(cfg.seed * 1_000_003 + first * 1009 + rank.rank + 1)  # every rank its own noise
+    procs.seed(cfg.seed, first, start.rng if start else None)  # every rank its own noise
     resume_hint = f"vlae train {cfg.dataset} --resume {out_dir}"
-    log = open(out_dir / "metrics.jsonl" if rank.main else os.devnull, "a")  # rank 0 alone writes
+    log = open(out_dir / "metrics.jsonl" if procs.main else os.devnull, "a")  # rank 0 alone writes
     last: dict = {}
     t0 = time.perf_counter() - (resume.seconds_so_far(start) if start else 0.0)  # the curve's clock goes on
     model.train()
@@ -171,10 +150,10 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         task = bar.add_task("train", total=cfg.steps, completed=first, stats="")
         for step in range(first, cfg.steps):
             idx = batch_indices(step, len(train_set), cfg.batch_size, cfg.seed, device)
-            x = train_set.batch(distributed.shard(idx, rank))  # [B / world, C, H, W]
+            x = train_set.batch(procs.shard(idx))  # [B / world, C, H, W]
             w = kl_weight(step, cfg.warmup)
-            eps = None if cfg.noise_seed is None else explicit_noise(cfg.noise_seed, step, rank.rank, len(x),
-                                                                     model_cfg.latent_dims, device)
+            eps = None if cfg.noise_seed is None else [procs.shard(e) for e in explicit_noise(
+                cfg.noise_seed, step, cfg.batch_size, model_cfg.latent_dims, device)]  # the global batch's noise
             out = net(x, eps)
             recon, kl = out.recon.mean(), out.kl.mean(0)  # kl: [L]
             loss = recon + w * kl.sum()
@@ -188,7 +167,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
 
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
-                figures = distributed.mean_over_ranks(torch.cat([loss.detach()[None], recon.detach()[None], kl.detach()]), rank)
+                figures = procs.mean(torch.cat([loss.detach()[None], recon.detach()[None], kl.detach()]))
                 loss_v, recon_v, *kl_list = figures.tolist()  # a CPU-GPU sync point: only every log_every steps
                 last = {"step": done, "loss": loss_v, "recon": recon_v, "kl": kl_list,
                         "kl_weight": w, "seconds": round(time.perf_counter() - t0, 2)}
@@ -197,23 +176,23 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                 kl_txt = " ".join(f"KL{l}={v:.2f}" for l, v in enumerate(kl_list, 1))
                 bar.update(task, stats=f"loss={last['loss']:.2f} recon={last['recon']:.2f} {kl_txt}")
             bar.update(task, completed=done)
-            stopping = distributed.any_rank(stop.requested, rank, device)  # all ranks stop at the same step
+            stopping = procs.any(stop.requested)  # all ranks stop at the same step
             if (cfg.save_every and done % cfg.save_every == 0 or stopping) and done < cfg.steps:
-                rng = distributed.rng_states(rank, device, resume.rng_state())  # every rank's, gathered
-                if rank.main:
+                rng = procs.rng_states(resume.rng_state())  # every rank's, gathered
+                if procs.main:
                     save_checkpoint(ckpt_path, model, optimizer=optimizer, step=done, train=train_info,
                                     metrics={"train": last}, rng=rng)
                 last_saved = str(ckpt_path)
             if stopping and done < cfg.steps:
                 log.close()
-                distributed.teardown(rank)
+                procs.close()
                 raise stop.stopped(done, cfg.steps, str(ckpt_path), resume_hint)
     seconds = time.perf_counter() - t0
-    rng = distributed.rng_states(rank, device, resume.rng_state())  # before evaluate() reseeds
-    if not rank.main:
+    rng = procs.rng_states(resume.rng_state())  # before evaluate() reseeds
+    if not procs.main:
         log.close()
-        distributed.teardown(rank)
-        return {"rank": rank.rank}
+        procs.close()
+        return {"rank": procs.rank}
     with guards.StopRequest():  # all steps are done: a Ctrl-C now waits for the final checkpoint
         result = evaluate(model, test_set, seed=cfg.seed)
         result.update(train_seconds=round(seconds, 1), steps=cfg.steps, device=str(device))
@@ -221,6 +200,6 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         log.close()
         save_checkpoint(ckpt_path, model, optimizer=optimizer, step=cfg.steps, train=train_info,
                         metrics={"train": last, "test": result}, rng=rng)
-    distributed.teardown(rank)
+    procs.close()
     result["checkpoint"] = str(ckpt_path)
     return result
