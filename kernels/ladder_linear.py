@@ -2,7 +2,7 @@
 
 Math (a: [B, Da], b: [B, Db], weight: [N, Da + Db], bias: [N]):
     out = act([a; b] @ weight^T + bias) = act(a @ Wa^T + b @ Wb^T + bias),  Wa = weight[:, :Da], Wb = weight[:, Da:]
-so the concatenation [a; b] is never materialised.
+so the Triton path never materialises the concatenation [a; b] (the PyTorch reference does: see its docstring).
 
 Vector-Jacobian products (dout upstream; act' read off the output, since act keeps the sign):
     dy  = dout * act'(out)         act' = 1 where out > 0, else 0 (relu) or LEAKY_SLOPE (leaky_relu)
@@ -37,14 +37,16 @@ def apply_activation(y: Tensor, activation: str | None) -> Tensor:
 def ladder_linear_torch(
     a: Tensor, b: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None
 ) -> Tensor:
-    """Reference: act([a; b] @ weight^T + bias) as two matmuls, without torch.cat."""
+    """Reference: act([a; b] @ weight^T + bias) as one F.linear on the concatenation.
+
+    The concatenation is [B, Da + Db], small beside the weight; two matmuls on the weight's column
+    slices instead would make autograd zero-fill a full-size weight gradient and copy each slice into
+    it on every backward pass (bench/README.md: ~15 % of the MNIST step on a CPU).
+    """
     Da, Db = a.shape[1], b.shape[1]
     if weight.shape[1] != Da + Db:
         raise ValueError(f"weight is {tuple(weight.shape)} but [a; b] has {Da} + {Db} = {Da + Db} columns")
-    y = a @ weight[:, :Da].t() + b @ weight[:, Da:].t()
-    if bias is not None:
-        y = y + bias
-    return apply_activation(y, activation)
+    return apply_activation(F.linear(torch.cat([a, b], dim=1), weight, bias), activation)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +116,7 @@ if HAVE_TRITON and not INTERPRET:  # autotuning times configs on the GPU; the in
             for bm, bn, bk, w, s in [(32, 64, 64, 4, 4), (64, 64, 64, 4, 4), (64, 128, 32, 4, 4),
                                      (128, 128, 32, 8, 3), (128, 64, 64, 4, 4), (32, 128, 64, 4, 3)]
         ],
-        key=["M", "N", "Ka", "Kb"],  # the autotuner adds the tensors' dtypes to the key itself
+        key=["N", "Ka", "Kb"],  # not M, the batch: evaluation batches reuse the training batch's tuning
     )(_ladder_linear_kernel)
 
 
