@@ -1,5 +1,5 @@
 """Fused ops the models call. Each op has a plain-PyTorch reference beside it (`*_torch`) and a
-Triton path (`*_triton`: kernels + launcher + torch.autograd.Function in the same file).
+Triton path (`*_triton`: kernels + launcher + torch.library custom ops with their autograd in the same file).
 
 Public API (the model calls only these names):
     reparam_kl(mu, logvar, eps=None) -> (z, kl)

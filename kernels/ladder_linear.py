@@ -11,8 +11,8 @@ Vector-Jacobian products (dout upstream; act' read off the output, since act kee
     dbias = sum_i dy[i, :]
 
 Layout: the plain-PyTorch reference (autograd derives its VJPs), then one Triton GEMM kernel with two
-K-segments and a bias + activation epilogue, its launcher, and the torch.autograd.Function that
-uses it for the forward pass and the three backward GEMMs.
+K-segments and a bias + activation epilogue, its launcher, and the custom ops (torch.library) that
+uses it for the forward pass and the three backward GEMMs, registered as torch.library custom ops.
 """
 import torch
 import torch.nn.functional as F
@@ -121,7 +121,7 @@ if HAVE_TRITON and not INTERPRET:  # autotuning times configs on the GPU; the in
 
 
 # ---------------------------------------------------------------------------------------------
-# Launcher and autograd.Function
+# Launcher and custom ops
 # ---------------------------------------------------------------------------------------------
 def _gemm(a: Tensor, wa: Tensor, out: Tensor, b: Tensor | None = None, wb: Tensor | None = None,
           bias: Tensor | None = None, activation: str | None = None) -> Tensor:
@@ -164,42 +164,59 @@ def _gemm(a: Tensor, wa: Tensor, out: Tensor, b: Tensor | None = None, wb: Tenso
     return out
 
 
-class LadderLinear(torch.autograd.Function):
-    """act([a; b] @ weight^T + bias) with Triton GEMMs forward and backward."""
+# The op as torch.library custom ops (forward, backward, autograd and fake/meta functions), so that
+# torch.compile keeps it in its graph instead of breaking the graph around it.
+@torch.library.custom_op("vlae_fast::ladder_linear_fwd", mutates_args=())
+def _ladder_linear_fwd(a: Tensor, b: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None) -> Tensor:
+    Da = a.shape[1]
+    out = torch.empty(a.shape[0], weight.shape[0], dtype=kernel_out_dtype(a.dtype), device=a.device)
+    # weight[:, :Da]^T and weight[:, Da:]^T are strided views: no copy of the weight either
+    return _gemm(a, weight[:, :Da].t(), out, b, weight[:, Da:].t(), bias, activation).to(a.dtype)
 
-    @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None) -> Tensor:
-        Da = a.shape[1]
-        out = torch.empty(a.shape[0], weight.shape[0], dtype=kernel_out_dtype(a.dtype), device=a.device)
-        # weight[:, :Da]^T and weight[:, Da:]^T are strided views: no copy of the weight either
-        out = _gemm(a, weight[:, :Da].t(), out, b, weight[:, Da:].t(), bias, activation).to(a.dtype)
-        ctx.save_for_backward(a, b, weight, out if activation is not None else None)
-        ctx.activation, ctx.has_bias = activation, bias is not None
-        return out
 
-    @staticmethod
-    def backward(ctx, dout: Tensor):
-        a, b, weight, out = ctx.saved_tensors
-        Da = a.shape[1]
-        if ctx.activation == "relu":
-            dy = dout * (out > 0)
-        elif ctx.activation == "leaky_relu":
-            dy = torch.where(out > 0, dout, dout * LEAKY_SLOPE)
-        else:
-            dy = dout
-        da = db = dweight = dbias = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            dab = torch.empty(a.shape[0], weight.shape[1], dtype=kernel_out_dtype(a.dtype), device=a.device)
-            dab = _gemm(dy, weight, dab).to(a.dtype)
-            da, db = dab[:, :Da], dab[:, Da:]  # d[a; b] = dy @ weight, split
-        if ctx.needs_input_grad[2]:
-            dweight = torch.empty_like(weight, dtype=kernel_out_dtype(weight.dtype))
-            _gemm(dy.t(), a, dweight[:, :Da])  # dWa = dy^T @ a
-            _gemm(dy.t(), b, dweight[:, Da:])  # dWb = dy^T @ b
-            dweight = dweight.to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[3]:
-            dbias = dy.sum(0)
-        return da, db, dweight, dbias, None
+@_ladder_linear_fwd.register_fake
+def _(a, b, weight, bias, activation):
+    return a.new_empty(a.shape[0], weight.shape[0])
+
+
+@torch.library.custom_op("vlae_fast::ladder_linear_bwd", mutates_args=())
+def _ladder_linear_bwd(dy: Tensor, a: Tensor, b: Tensor, weight: Tensor) -> list[Tensor]:
+    """[d[a; b] = dy @ weight, dweight = dy^T @ [a; b]] with dy the gradient before the activation."""
+    Da = a.shape[1]
+    dab = torch.empty(a.shape[0], weight.shape[1], dtype=kernel_out_dtype(a.dtype), device=a.device)
+    dab = _gemm(dy, weight, dab).to(a.dtype)  # d[a; b] = dy @ weight
+    dweight = torch.empty_like(weight, dtype=kernel_out_dtype(weight.dtype))
+    _gemm(dy.t(), a, dweight[:, :Da])  # dWa = dy^T @ a
+    _gemm(dy.t(), b, dweight[:, Da:])  # dWb = dy^T @ b
+    return [dab, dweight.to(weight.dtype)]
+
+
+@_ladder_linear_bwd.register_fake
+def _(dy, a, b, weight):
+    return [a.new_empty(a.shape[0], weight.shape[1]), torch.empty_like(weight)]
+
+
+def _ladder_linear_setup(ctx, inputs, output) -> None:
+    a, b, weight, bias, activation = inputs
+    ctx.save_for_backward(a, b, weight, output if activation is not None else None)
+    ctx.activation, ctx.has_bias = activation, bias is not None
+
+
+def _ladder_linear_backward(ctx, dout: Tensor):
+    a, b, weight, out = ctx.saved_tensors
+    if ctx.activation == "relu":  # act' read off the output
+        dy = dout * (out > 0)
+    elif ctx.activation == "leaky_relu":
+        dy = torch.where(out > 0, dout, dout * LEAKY_SLOPE)
+    else:
+        dy = dout
+    dab, dweight = _ladder_linear_bwd(dy, a, b, weight)
+    Da = a.shape[1]
+    dbias = dy.sum(0) if ctx.has_bias else None
+    return dab[:, :Da], dab[:, Da:], dweight, dbias, None  # d[a; b] split into its two column blocks
+
+
+_ladder_linear_fwd.register_autograd(_ladder_linear_backward, setup_context=_ladder_linear_setup)
 
 
 def ladder_linear_triton(
@@ -227,4 +244,4 @@ def ladder_linear_triton(
                          + ", ".join(f"{t.dtype} on {t.device}" for t in tensors))
     if a.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise ValueError(f"ladder_linear needs floating-point inputs; got {a.dtype}")
-    return LadderLinear.apply(a, b, weight, bias, activation)
+    return _ladder_linear_fwd(a, b, weight, bias, activation)
