@@ -133,6 +133,9 @@ class Variant:
             self.run = self.step_before
             return
         self.opt = make_optimizer(self.model, LR)
+        if self.name == "lib-cudagraph":
+            for group in self.opt.param_groups:
+                group["capturable"] = True  # Adam refuses capture otherwise; lr and step stay on the device
         self.guard = guards.NonFiniteGuard(self.opt, self.device)
         step = make_step(self.model, self.model, self.opt, self.guard, precision="bf16" if self.name == "lib-bf16" else "fp32",
                          compile=self.name == "lib-compile")
@@ -198,6 +201,14 @@ def memory_of(case: str, variant: str, device: torch.device, warmup: int) -> flo
     if out.returncode != 0:
         raise RuntimeError(f"memory run of {case}/{variant} failed: {out.stderr[-2000:]}")
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS. Linux: VmHWM (ru_maxrss would carry the parent's peak across fork + exec)."""
+    try:
+        return int(re.search(r"VmHWM:\s*(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_input(case: str, device: torch.device) -> torch.Tensor:
@@ -266,7 +277,8 @@ def run_case(case: str, names: list[str], device: torch.device, steps: int, warm
             row["peak_mem_mib"] = memory_of(case, v.name, device, warmup)
         rows.append(row)
     params = sum(p.numel() for p in build_model(default_config(*CASES[case][:2])).parameters())
-    return {"case": case, "batch": batch, "params": params, "flops_per_step": flops, "sgemm_n": n_gemm,
+    return {"case": case, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "threads": torch.get_num_threads(),
+            "loadavg": list(os.getloadavg()), "batch": batch, "params": params, "flops_per_step": flops, "sgemm_n": n_gemm,
             "sgemm_gflops": gemm_gflops, "rows": rows}
 
 
@@ -309,7 +321,7 @@ def main() -> None:
         v.setup(make_input(case, device))
         for _ in range(args.warmup + 2):
             v.step()
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+        print(peak_rss_mib())
         return
 
     cases = [c for c in args.cases.split(",") if c]
@@ -335,6 +347,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{result['device']}-train.json"
+    if path.is_file():  # keep the cases this run did not measure (each case carries its own date and load)
+        rerun = {c["case"] for c in result["cases"]}
+        kept = [c for c in json.loads(path.read_text()).get("cases", []) if c["case"] not in rerun]
+        result["cases"] = sorted(kept + result["cases"], key=lambda c: list(CASES).index(c["case"]))
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{result['device']}, torch {result['torch']}, triton {triton_version}, {result['threads']} threads, "
           f"{result['date']}, load average {result['loadavg_before'][0]:.2f} -> {result['loadavg_after'][0]:.2f}")
