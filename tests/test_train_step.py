@@ -43,3 +43,12 @@ def test_batch_order_draws_batch_indices_one_permutation_per_epoch(monkeypatch):
     batches = [order(step) for step in range(25)]  # 10 steps per epoch: three epochs
     assert calls == [(0, 1000, 3), (1, 1000, 3), (2, 1000, 3)]  # one permutation per epoch
     assert all(torch.equal(b, batch_indices(step, 1000, 100, 3, "cpu")) for step, b in enumerate(batches))
+
+
+def test_cli_refuses_an_unknown_precision_in_one_line(mnist_dir):
+    from typer.testing import CliRunner
+
+    from vlae_fast.cli.app import app
+    r = CliRunner().invoke(app, ["train", "mnist", "--precision", "fp16", "--data-dir", str(mnist_dir), "--no-progress"])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--precision must be one of fp32, bf16" in r.stderr
