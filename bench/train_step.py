@@ -7,8 +7,11 @@
 Variants (one setup per case serves all of them; rows that do not apply on this device say why):
     eager-plain       bench/plain_vlae.py: the MNIST VLAE as a user would write it (nn.Sequential, torch.cat,
                       textbook reparameterisation and KL, default torch.optim.Adam); MNIST VLAE cases only
-    lib-before        the library's model with the step as it was before issue 12: per-parameter Adam loop,
-                      the NaN guard reading the gradient norm with .item() every step
+    lib-before        the library as it was before issue 12: the ladder join's PyTorch path as two matmuls on
+                      the weight's column slices, the per-parameter Adam loop, and the NaN guard reading the
+                      gradient norm with .item() every step
+    lib-adam-loop     lib-before with today's ladder join: isolates the join fix (vs lib-before) and the fused,
+                      sync-free Adam + guard (vs lib-default)
     lib-torch         the library's step (vlae_fast.train.make_step) with --kernels torch
     lib-default       the library's step as `vlae train` runs it by default on this device
     lib-bf16          lib-default under bf16 autocast (--precision bf16)
@@ -52,6 +55,8 @@ from plain_vlae import PlainVLAE, plain_step  # noqa: E402
 
 from vlae_fast import guards  # noqa: E402
 from vlae_fast.kernels import use_backend  # noqa: E402
+from vlae_fast.kernels.ladder_linear import apply_activation  # noqa: E402
+from vlae_fast.models import blocks  # noqa: E402
 from vlae_fast.kernels._triton import HAVE_TRITON  # noqa: E402
 from vlae_fast.models import build_model, default_config  # noqa: E402
 from vlae_fast.train import make_optimizer, make_step  # noqa: E402
@@ -63,7 +68,7 @@ CASES = {  # name -> (data set, model, batch, default timed steps)
     "svhn-b100": ("svhn", "vlae", 100, 8),
     "celeba-b100": ("celeba", "vlae", 100, 4),
 }
-VARIANTS = ("eager-plain", "lib-before", "lib-torch", "lib-default", "lib-bf16", "lib-compile", "lib-triton",
+VARIANTS = ("eager-plain", "lib-before", "lib-adam-loop", "lib-torch", "lib-default", "lib-bf16", "lib-compile", "lib-triton",
             "lib-cudagraph")
 LR = 2e-4
 
@@ -128,9 +133,11 @@ class Variant:
         self.model.train()
         self.w = torch.tensor(0.5, device=self.device)
         self.backend = {"lib-torch": "torch", "lib-triton": "triton"}.get(self.name)
-        if self.name == "lib-before":
+        if self.name in ("lib-before", "lib-adam-loop"):
             self.opt = torch.optim.Adam(self.model.parameters(), lr=LR)
             self.run = self.step_before
+            if self.name == "lib-before":
+                self.patch = (blocks, "ladder_linear", ladder_linear_slices)
             return
         self.opt = make_optimizer(self.model, LR)
         if self.name == "lib-cudagraph":
@@ -168,8 +175,27 @@ class Variant:
         return graph.replay
 
     def step(self) -> None:
-        with use_backend(self.backend) if getattr(self, "backend", None) else _null():
-            self.run()
+        patch = getattr(self, "patch", None)
+        if patch:
+            module, name, fn = patch
+            patch = (module, name, getattr(module, name))
+            setattr(module, name, fn)
+        try:
+            with use_backend(self.backend) if getattr(self, "backend", None) else _null():
+                self.run()
+        finally:
+            if patch:
+                setattr(*patch)
+
+
+def ladder_linear_slices(a, b, weight, bias=None, activation=None):
+    """The ladder join's PyTorch path before issue 12: two matmuls on the weight's column slices (autograd then
+    zero-fills a full-size weight gradient and copies each slice's gradient into it)."""
+    Da = a.shape[1]
+    y = a @ weight[:, :Da].t() + b @ weight[:, Da:].t()
+    if bias is not None:
+        y = y + bias
+    return apply_activation(y, activation)
 
 
 class _null:
