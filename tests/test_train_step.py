@@ -52,3 +52,24 @@ def test_cli_refuses_an_unknown_precision_in_one_line(mnist_dir):
     r = CliRunner().invoke(app, ["train", "mnist", "--precision", "fp16", "--data-dir", str(mnist_dir), "--no-progress"])
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--precision must be one of fp32, bf16" in r.stderr
+
+
+def test_checkpoint_from_the_unfused_optimizer_resumes_fused(tmp_path):
+    """Checkpoints written before issue 12 hold Adam's param_groups with fused=False: resuming must still
+    run the fused update, which the on-device guard needs."""
+    from vlae_fast.checkpoint import load_optimizer_state, read_checkpoint, save_checkpoint
+    from vlae_fast.train import keep_fused
+
+    torch.manual_seed(0)
+    model = build_model(make_config(TINY))
+    old = torch.optim.Adam(model.parameters(), lr=1e-3)  # the optimizer before issue 12
+    model(torch.rand(8, 1, 28, 28)).recon.mean().backward()
+    old.step()
+    save_checkpoint(tmp_path / "c.safetensors", model, optimizer=old, step=1)
+    opt = make_optimizer(model, 1e-3)
+    load_optimizer_state(opt, read_checkpoint(tmp_path / "c.safetensors"))
+    keep_fused(opt)
+    step = make_step(model, model, opt, guards.NonFiniteGuard(opt, torch.device("cpu")))
+    before = [p.detach().clone() for p in model.parameters()]
+    step(torch.rand(8, 1, 28, 28), torch.tensor(1.0), None)  # asserts inside Adam if found_inf meets the loop
+    assert opt.param_groups[0]["fused"] and any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))

@@ -120,6 +120,17 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
+def keep_fused(optimizer: torch.optim.Optimizer) -> None:
+    """After loading a checkpoint written before the fused update (its param_groups say fused=False and its
+    step counts live on the CPU): make the optimizer fused again, with its step counts beside the weights."""
+    for group in optimizer.param_groups:
+        group.update(fused=True, foreach=None)
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "step" in state:
+                state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+
+
 def make_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, guard: "guards.NonFiniteGuard",
               grad_clip: float = 0.0, precision: str = "fp32", compile: bool = False):
     """The training step: step(x, w, eps) runs forward, backward, the non-finite guard and Adam and returns
@@ -209,6 +220,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     first, last_saved = 0, None
     if start is not None:  # after the model is built: its random init is then overwritten
         first = resume.restore(start, model, optimizer, cfg.lr)
+        keep_fused(optimizer)
         last_saved = start.path
         if rank.main:
             resume.trim_metrics(out_dir / "metrics.jsonl", first)
