@@ -87,6 +87,9 @@ def train(
     grayscale: bool = typer.Option(False, "--grayscale", help="folder: force grey-level images (default: detected)."),
     rgb: bool = typer.Option(False, "--rgb", help="folder: force RGB images (default: detected)."),
     svhn_extra: bool = typer.Option(False, "--svhn-extra", help="svhn: add extra_32x32.mat to training, as the authors did."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the training step "
+                                           "(slow to start; see bench/README.md for when it pays; with --resume: the run's)."),
+    precision: Optional[str] = typer.Option(None, help="fp32 (default) or bf16 (autocast; see bench/README.md; with --resume: the run's)."),
     nproc: int = typer.Option(1, help="Processes for data-parallel training (torchrun + DDP): one per GPU, or CPU "
                               "processes (gloo). --batch-size is the global batch, split evenly."),
 ) -> None:
@@ -111,6 +114,8 @@ def train(
                                             eval_limit=eval_limit)
             if kernels is not None:
                 tcfg.kernels = kernels
+            if compile is not None:  # how the step runs, not what it computes: a resumed run may change it
+                tcfg.compile = compile
             run_dir = out_dir or Path(start.path).parent
         else:
             opts = data_options(dataset, image_size, "grayscale" if grayscale else "rgb" if rgb else None, svhn_extra)
@@ -122,7 +127,8 @@ def train(
                                save_every=TrainConfig.save_every if save_every is None else save_every,
                                log_every=log_every or TrainConfig.log_every, data_dir=data,
                                train_limit=train_limit, eval_limit=eval_limit, grad_clip=grad_clip or 0.0,
-                               kernels=kernels, data_options=opts)
+                               kernels=kernels, data_options=opts, compile=bool(compile),
+                               precision=precision or TrainConfig.precision)
             run_dir = out_dir or default_run_dir(dataset, model)
         result = run_training(mcfg, tcfg, run_dir, show_progress=progress, start=start)
     except TrainingStopped as e:

@@ -57,6 +57,10 @@ def test_switch_picks_the_path(monkeypatch):
     K.set_backend(None)
     monkeypatch.setenv("VLAE_KERNELS", "triton")
     assert K.get_backend() == "triton" and runs_triton(monkeypatch)
+    monkeypatch.setenv("VLAE_KERNELS", "torch")  # the environment is read once, not on every op call
+    assert K.get_backend() == "triton" and runs_triton(monkeypatch)
+    K.set_backend(None)  # ... and afresh after set_backend(None)
+    assert K.get_backend() == "torch"
 
 
 def test_bad_choices_say_what_to_do(monkeypatch):

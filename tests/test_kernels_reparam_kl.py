@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from vlae_fast.kernels import reparam_kl as reparam_kl_dispatch
-from vlae_fast.kernels import reparam_kl_multi_torch, reparam_kl_multi_triton, reparam_kl_torch, reparam_kl_triton
+from vlae_fast.kernels import (ladder_linear_triton, reparam_kl_multi_torch, reparam_kl_multi_triton, reparam_kl_torch,
+                               reparam_kl_triton)
 # VLAE_TEST_GPU=1 on a CUDA machine: compiled kernels on GPU tensors; else the interpreter on the CPU
 DEVICE = torch.device("cuda" if os.environ.get("VLAE_TEST_GPU") and torch.cuda.is_available() else "cpu")
 op = importlib.import_module("vlae_fast.kernels.reparam_kl")  # the module: the package's `reparam_kl` is the op
@@ -164,3 +165,26 @@ def test_reference_single_op_unchanged():
         z, kl = reparam_kl_dispatch(mu, logvar, eps[0])
     torch.testing.assert_close(z, want_z)
     torch.testing.assert_close(kl, want_kl)
+
+
+def test_fused_ops_compile_without_graph_breaks_and_draw_fresh_noise_each_call(monkeypatch):
+    """Issue 16, defect 4: the seed stays on the device. fullgraph=True fails on any graph break (an
+    .item() in the op was one), and a captured or compiled step must draw new noise on every call."""
+    torch._dynamo.reset()
+    mus = [torch.randn(5, d, device=DEVICE, requires_grad=True) for d in (3, 7)]
+    logvars = [torch.randn(5, d, device=DEVICE, requires_grad=True) for d in (3, 7)]
+    a, b = torch.randn(5, 6, device=DEVICE, requires_grad=True), torch.randn(5, 4, device=DEVICE)
+    w = torch.randn(9, 10, device=DEVICE, requires_grad=True)
+
+    def forward():
+        zs, kl = reparam_kl_multi_triton(mus, logvars)
+        y = ladder_linear_triton(a, b, w, None, "relu")
+        return torch.cat([zs[0], zs[1]], 1), zs[0].sum() + zs[1].square().sum() + kl.sum() + y.sum()
+
+    compiled = torch.compile(forward, fullgraph=True, backend="aot_eager")  # its backward is compiled too
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("the fused op read a tensor on the host"))
+    z1, loss = compiled()
+    loss.backward()
+    z2, _ = compiled()
+    assert not torch.equal(z1, z2)  # fresh noise per call
+    assert torch.isfinite(mus[1].grad).all() and torch.isfinite(w.grad).all()

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16")
+
 
 @dataclass
 class TrainConfig:
@@ -23,7 +27,11 @@ class TrainConfig:
     noise_seed: int | None = None  # draw the training noise eps on the CPU from this seed, the same on every kernel path
     data_options: dict = field(default_factory=dict)  # loader options (folder: image_size, color; svhn: extra)
     grad_clip: float = 0.0  # max global gradient norm; 0 = off (the authors do not clip)
+    compile: bool = False  # torch.compile the step; off by default: see bench/README.md for when it pays
+    precision: str = "fp32"  # fp32 | bf16 (autocast); fp32 by default: see bench/README.md
 
     def __post_init__(self):
         if self.warmup is None:  # fixed now, so a resumed run with more --steps keeps the same schedule
             self.warmup = self.steps / 2
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
