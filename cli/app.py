@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from vlae_fast import distributed, generate, gibbs as gibbs_lib, rundir
+from vlae_fast import distributed, generate, gibbs as gibbs_lib, rundir, runs
 from vlae_fast.classifier import score_samples
 from vlae_fast.data import checkpoint_data_dir, load_for_checkpoint
 from vlae_fast.errors import VlaeError
@@ -18,8 +18,10 @@ from vlae_fast.images import check_request, check_writable, save_images, save_pa
 from vlae_fast.rundir import default_run_dir
 from vlae_fast.train import TrainConfig, evaluate as evaluate_model, train as run_training
 
+from . import explore as explore_cli
+
 from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Dataset, Feed, Group, Init, Join, Kernels,
-                     Likelihood, Model, Split, code_widths, err, fail, flag, given, load, out, parse_dims, positive,
+                     Likelihood, Model, Precision, Split, code_widths, err, fail, flag, given, load, out, parse_dims, positive,
                      print_json, user_errors, value)
 
 app = typer.Typer(
@@ -122,6 +124,10 @@ def train(
     grayscale: bool = flag(False, "--grayscale", help="folder: force grey-level images (default: detected)."),
     rgb: bool = flag(False, "--rgb", help="folder: force RGB images (default: detected)."),
     svhn_extra: bool = flag(False, "--svhn-extra", help="svhn: add extra_32x32.mat to training, as the authors did."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", metavar="", help="torch.compile the "
+                                           "training step (slow to start; see bench/README.md for when it pays; "
+                                           "with --resume: the run's, or changed)."),
+    precision: Optional[Precision] = typer.Option(None, help="fp32 (default) or bf16 (autocast; see bench/README.md)."),
     nproc: int = typer.Option(1, min=1, help="Processes for data-parallel training (torchrun + DDP): one per GPU, or "
                               "CPU processes (gloo). --batch-size is the global batch, split evenly."),
 ) -> None:
@@ -134,7 +140,8 @@ def train(
         one_dir = [] if out_dir or resume else ["--out", str(default_run_dir(value(dataset), value(model)))]
         raise typer.Exit(code=distributed.launch(nproc, sys.argv[1:] + one_dir))  # same run folder for all ranks
     options = {**ctx.params, "dataset": value(dataset), "model": value(model), "likelihood": value(likelihood),
-               "join": value(join), "kernels": value(kernels), "latent_dims": parse_dims(latent_dim)}
+               "join": value(join), "kernels": value(kernels), "precision": value(precision),
+               "latent_dims": parse_dims(latent_dim)}
     with user_errors():
         plan = rundir.plan_run(value(dataset), options, given(ctx), resume=resume, out=out_dir,
                              restart_optimizer=restart_optimizer)
@@ -242,13 +249,13 @@ def encode(
 def gibbs(
     ckpt: Optional[Path] = typer.Argument(None, show_default=False, help=(
         "An HVAE run folder or ckpt.safetensors (`vlae train mnist --model hvae`). Without it, the paper's 3-level "
-        f"MNIST HVAE is trained once under {gibbs_lib.DEFAULT_RUN}/ (~30 min on 2 CPU cores) and reused after.")),
+        f"MNIST HVAE is trained once under {runs.DEFAULT_HVAE_RUN}/ (~30 min on 2 CPU cores) and reused after.")),
     steps: int = typer.Option(100, "--steps", min=1, help="Gibbs steps T of each chain."),
     chains: int = typer.Option(100, min=1, help="Number of chains N (and of ancestral samples beside them)."),
     every: int = typer.Option(0, min=0, help="Also show the state after every K-th step as one row of the left "
                               "panel (0 = only the last)."),
     init: Init = typer.Option("data", help="Starting points: data (random test images) or noise (uniform in \\[0, 1])."),
-    feed: Feed = typer.Option("sample", help="What continues the chain: sample (x ~ p(x|z_1), eq. 6) or mean."),
+    feed: Feed = typer.Option("sample", help="What continues the chain: sample (x ~ p(x|z_1) as drawn, eq. 6) or mean."),
     out_path: Path = typer.Option(Path("gibbs.png"), "--out", help="PNG (left Gibbs, right ancestral, titled) or "
                                   ".npz (keys gibbs, ancestral\\[, states]); its folder must exist."),
     seed: int = typer.Option(0, min=0, help="Random seed (starting points, chain noise, ancestral samples)."),
@@ -263,8 +270,8 @@ def gibbs(
     with user_errors():
         check_writable(out_path)
         if ckpt is None:
-            ckpt, trained = gibbs_lib.default_checkpoint(data_dir, device, progress)
-            err.print(f"{'trained' if trained else 'reusing'} {gibbs_lib.describe(ckpt)}", highlight=False)
+            ckpt, trained = runs.default_hvae(data_dir, device, progress)
+            err.print(f"{'trained' if trained else 'reusing'} {runs.describe(ckpt)}", highlight=False)
         model, info = load(ckpt, device, out_path)
         gibbs_lib.check_hvae(model)
         check_request(chains * (2 + (steps // every if every else 0)), model.cfg.image_shape, ".npz",
@@ -346,6 +353,11 @@ def info(
         rows.append(("settings", d["settings_file"]))
     for k, v in rows:
         out.print(f"{k + ':':17s}{v}", highlight=False, markup=False)
+
+
+app.command()(explore_cli.explore)
+app.command()(explore_cli.swap)
+app.command()(explore_cli.export)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from vlae_fast.checkpoint import load_model
+from vlae_fast.config import PRECISIONS
 from vlae_fast.data import LOADERS
 from vlae_fast.errors import TrainingStopped, VlaeError
 from vlae_fast.gibbs import FEEDS, INITS
@@ -45,6 +46,7 @@ Kernels = choices("Kernels", BACKENDS)
 Split = choices("Split", ("train", "test"))
 Init = choices("Init", INITS)
 Feed = choices("Feed", FEEDS)
+Precision = choices("Precision", PRECISIONS)
 
 
 def value(v):
@@ -145,11 +147,12 @@ def user_errors() -> Iterator[None]:
         raise fail(e) from None
 
 
-def load(ckpt: Path, device: str, out: Path | None = None, suffixes: tuple[str, ...] = (".png", ".npz")):
-    """Check `out` can be written (before any work), then load the model of a checkpoint or run folder onto
-    the device: (model, Checkpoint). Call inside `user_errors()`."""
+def load(ckpt: Path, device: str, out: Path | None = None, suffixes: tuple[str, ...] | None = None):
+    """Check `out` can be written (before any work; suffixes: those allowed, default the image writer's),
+    then load the model of a checkpoint or run folder onto the device: (model, Checkpoint). Call inside
+    `user_errors()`."""
     if out is not None:
-        check_writable(out, suffixes)
+        check_writable(out, *([suffixes] if suffixes else []))
     return load_model(checkpoint_path(ckpt), resolve_device(device))
 
 

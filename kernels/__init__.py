@@ -1,5 +1,5 @@
 """Fused ops the models call. Each op has a plain-PyTorch reference beside it (`*_torch`) and a
-Triton path (`*_triton`: kernels + launcher + torch.autograd.Function in the same file).
+Triton path (`*_triton`: kernels + launcher + torch.library custom ops with their autograd in the same file).
 
 Public API (the model calls only these names):
     reparam_kl(mu, logvar, eps=None) -> (z, kl)
@@ -40,7 +40,7 @@ def reparam_kl_multi(
 def ladder_linear(
     a: Tensor, b: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None
 ) -> Tensor:
-    """act([a; b] @ weight^T + bias) without building the concatenation [a; b]."""
+    """act([a; b] @ weight^T + bias); the Triton path never builds the concatenation [a; b]."""
     if use_triton(a):
         return ladder_linear_triton(a, b, weight, bias, activation)
     return ladder_linear_torch(a, b, weight, bias, activation)

@@ -20,7 +20,8 @@ from vlae_fast.errors import ConfigError
 from ._triton import HAVE_TRITON, INTERPRET
 
 BACKENDS = ("auto", "triton", "torch")
-_backend: str | None = None  # None = follow $VLAE_KERNELS (read on each call, default auto)
+_backend: str | None = None  # None = follow $VLAE_KERNELS (default auto)
+_env_backend: str | None = None  # $VLAE_KERNELS as read once (ops run every step; the environment is not re-read)
 
 
 def _check(name: str, where: str) -> str:
@@ -33,16 +34,22 @@ def _check(name: str, where: str) -> str:
 
 
 def get_backend() -> str:
-    """The current choice: set_backend's, else $VLAE_KERNELS, else 'auto'."""
+    """The current choice: set_backend's, else $VLAE_KERNELS (read at the first call after import or after
+    set_backend(None)), else 'auto'."""
+    global _env_backend
     if _backend is not None:
         return _backend
-    return _check(os.environ.get("VLAE_KERNELS", "auto") or "auto", "VLAE_KERNELS")
+    if _env_backend is None:
+        _env_backend = _check(os.environ.get("VLAE_KERNELS", "auto") or "auto", "VLAE_KERNELS")
+    return _env_backend
 
 
 def set_backend(name: str | None) -> None:
-    """Pick the kernels for every later call; None goes back to $VLAE_KERNELS (default auto)."""
-    global _backend
+    """Pick the kernels for every later call; None goes back to $VLAE_KERNELS (read afresh; default auto)."""
+    global _backend, _env_backend
     _backend = None if name is None else _check(name, "--kernels")
+    if name is None:
+        _env_backend = None
 
 
 @contextmanager

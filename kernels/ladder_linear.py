@@ -2,7 +2,7 @@
 
 Math (a: [B, Da], b: [B, Db], weight: [N, Da + Db], bias: [N]):
     out = act([a; b] @ weight^T + bias) = act(a @ Wa^T + b @ Wb^T + bias),  Wa = weight[:, :Da], Wb = weight[:, Da:]
-so the concatenation [a; b] is never materialised.
+so the Triton path never materialises the concatenation [a; b] (the PyTorch reference does: see its docstring).
 
 Vector-Jacobian products (dout upstream; act' read off the output, since act keeps the sign):
     dy  = dout * act'(out)         act' = 1 where out > 0, else 0 (relu) or LEAKY_SLOPE (leaky_relu)
@@ -11,8 +11,8 @@ Vector-Jacobian products (dout upstream; act' read off the output, since act kee
     dbias = sum_i dy[i, :]
 
 Layout: the plain-PyTorch reference (autograd derives its VJPs), then one Triton GEMM kernel with two
-K-segments and a bias + activation epilogue, its launcher, and the torch.autograd.Function that
-uses it for the forward pass and the three backward GEMMs.
+K-segments and a bias + activation epilogue, its launcher, and the custom ops (torch.library) that
+uses it for the forward pass and the three backward GEMMs, registered as torch.library custom ops.
 """
 import torch
 import torch.nn.functional as F
@@ -37,14 +37,16 @@ def apply_activation(y: Tensor, activation: str | None) -> Tensor:
 def ladder_linear_torch(
     a: Tensor, b: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None
 ) -> Tensor:
-    """Reference: act([a; b] @ weight^T + bias) as two matmuls, without torch.cat."""
+    """Reference: act([a; b] @ weight^T + bias) as one F.linear on the concatenation.
+
+    The concatenation is [B, Da + Db], small beside the weight; two matmuls on the weight's column
+    slices instead would make autograd zero-fill a full-size weight gradient and copy each slice into
+    it on every backward pass (bench/README.md: ~15 % of the MNIST step on a CPU).
+    """
     Da, Db = a.shape[1], b.shape[1]
     if weight.shape[1] != Da + Db:
         raise ValueError(f"weight is {tuple(weight.shape)} but [a; b] has {Da} + {Db} = {Da + Db} columns")
-    y = a @ weight[:, :Da].t() + b @ weight[:, Da:].t()
-    if bias is not None:
-        y = y + bias
-    return apply_activation(y, activation)
+    return apply_activation(F.linear(torch.cat([a, b], dim=1), weight, bias), activation)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,12 +116,12 @@ if HAVE_TRITON and not INTERPRET:  # autotuning times configs on the GPU; the in
             for bm, bn, bk, w, s in [(32, 64, 64, 4, 4), (64, 64, 64, 4, 4), (64, 128, 32, 4, 4),
                                      (128, 128, 32, 8, 3), (128, 64, 64, 4, 4), (32, 128, 64, 4, 3)]
         ],
-        key=["M", "N", "Ka", "Kb"],  # the autotuner adds the tensors' dtypes to the key itself
+        key=["N", "Ka", "Kb"],  # not M, the batch: evaluation batches reuse the training batch's tuning
     )(_ladder_linear_kernel)
 
 
 # ---------------------------------------------------------------------------------------------
-# Launcher and autograd.Function
+# Launcher and custom ops
 # ---------------------------------------------------------------------------------------------
 def _gemm(a: Tensor, wa: Tensor, out: Tensor, b: Tensor | None = None, wb: Tensor | None = None,
           bias: Tensor | None = None, activation: str | None = None) -> Tensor:
@@ -162,42 +164,59 @@ def _gemm(a: Tensor, wa: Tensor, out: Tensor, b: Tensor | None = None, wb: Tenso
     return out
 
 
-class LadderLinear(torch.autograd.Function):
-    """act([a; b] @ weight^T + bias) with Triton GEMMs forward and backward."""
+# The op as torch.library custom ops (forward, backward, autograd and fake/meta functions), so that
+# torch.compile keeps it in its graph instead of breaking the graph around it.
+@torch.library.custom_op("vlae_fast::ladder_linear_fwd", mutates_args=())
+def _ladder_linear_fwd(a: Tensor, b: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None) -> Tensor:
+    Da = a.shape[1]
+    out = torch.empty(a.shape[0], weight.shape[0], dtype=kernel_out_dtype(a.dtype), device=a.device)
+    # weight[:, :Da]^T and weight[:, Da:]^T are strided views: no copy of the weight either
+    return _gemm(a, weight[:, :Da].t(), out, b, weight[:, Da:].t(), bias, activation).to(a.dtype)
 
-    @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None) -> Tensor:
-        Da = a.shape[1]
-        out = torch.empty(a.shape[0], weight.shape[0], dtype=kernel_out_dtype(a.dtype), device=a.device)
-        # weight[:, :Da]^T and weight[:, Da:]^T are strided views: no copy of the weight either
-        out = _gemm(a, weight[:, :Da].t(), out, b, weight[:, Da:].t(), bias, activation).to(a.dtype)
-        ctx.save_for_backward(a, b, weight, out if activation is not None else None)
-        ctx.activation, ctx.has_bias = activation, bias is not None
-        return out
 
-    @staticmethod
-    def backward(ctx, dout: Tensor):
-        a, b, weight, out = ctx.saved_tensors
-        Da = a.shape[1]
-        if ctx.activation == "relu":
-            dy = dout * (out > 0)
-        elif ctx.activation == "leaky_relu":
-            dy = torch.where(out > 0, dout, dout * LEAKY_SLOPE)
-        else:
-            dy = dout
-        da = db = dweight = dbias = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            dab = torch.empty(a.shape[0], weight.shape[1], dtype=kernel_out_dtype(a.dtype), device=a.device)
-            dab = _gemm(dy, weight, dab).to(a.dtype)
-            da, db = dab[:, :Da], dab[:, Da:]  # d[a; b] = dy @ weight, split
-        if ctx.needs_input_grad[2]:
-            dweight = torch.empty_like(weight, dtype=kernel_out_dtype(weight.dtype))
-            _gemm(dy.t(), a, dweight[:, :Da])  # dWa = dy^T @ a
-            _gemm(dy.t(), b, dweight[:, Da:])  # dWb = dy^T @ b
-            dweight = dweight.to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[3]:
-            dbias = dy.sum(0)
-        return da, db, dweight, dbias, None
+@_ladder_linear_fwd.register_fake
+def _(a, b, weight, bias, activation):
+    return a.new_empty(a.shape[0], weight.shape[0])
+
+
+@torch.library.custom_op("vlae_fast::ladder_linear_bwd", mutates_args=())
+def _ladder_linear_bwd(dy: Tensor, a: Tensor, b: Tensor, weight: Tensor) -> list[Tensor]:
+    """[d[a; b] = dy @ weight, dweight = dy^T @ [a; b]] with dy the gradient before the activation."""
+    Da = a.shape[1]
+    dab = torch.empty(a.shape[0], weight.shape[1], dtype=kernel_out_dtype(a.dtype), device=a.device)
+    dab = _gemm(dy, weight, dab).to(a.dtype)  # d[a; b] = dy @ weight
+    dweight = torch.empty_like(weight, dtype=kernel_out_dtype(weight.dtype))
+    _gemm(dy.t(), a, dweight[:, :Da])  # dWa = dy^T @ a
+    _gemm(dy.t(), b, dweight[:, Da:])  # dWb = dy^T @ b
+    return [dab, dweight.to(weight.dtype)]
+
+
+@_ladder_linear_bwd.register_fake
+def _(dy, a, b, weight):
+    return [a.new_empty(a.shape[0], weight.shape[1]), torch.empty_like(weight)]
+
+
+def _ladder_linear_setup(ctx, inputs, output) -> None:
+    a, b, weight, bias, activation = inputs
+    ctx.save_for_backward(a, b, weight, output if activation is not None else None)
+    ctx.activation, ctx.has_bias = activation, bias is not None
+
+
+def _ladder_linear_backward(ctx, dout: Tensor):
+    a, b, weight, out = ctx.saved_tensors
+    if ctx.activation == "relu":  # act' read off the output
+        dy = dout * (out > 0)
+    elif ctx.activation == "leaky_relu":
+        dy = torch.where(out > 0, dout, dout * LEAKY_SLOPE)
+    else:
+        dy = dout
+    dab, dweight = _ladder_linear_bwd(dy, a, b, weight)
+    Da = a.shape[1]
+    dbias = dy.sum(0) if ctx.has_bias else None
+    return dab[:, :Da], dab[:, Da:], dweight, dbias, None  # d[a; b] split into its two column blocks
+
+
+_ladder_linear_fwd.register_autograd(_ladder_linear_backward, setup_context=_ladder_linear_setup)
 
 
 def ladder_linear_triton(
@@ -225,4 +244,4 @@ def ladder_linear_triton(
                          + ", ".join(f"{t.dtype} on {t.device}" for t in tensors))
     if a.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise ValueError(f"ladder_linear needs floating-point inputs; got {a.dtype}")
-    return LadderLinear.apply(a, b, weight, bias, activation)
+    return _ladder_linear_fwd(a, b, weight, bias, activation)

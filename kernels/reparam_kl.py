@@ -10,15 +10,15 @@ Vector-Jacobian products (dz, dkl upstream; dkl is [B], broadcast along j):
     dlogvar = dz * 0.5 * sigma * eps + dkl * 0.5 * (exp(logvar) - 1)
 
 Layout (as Liger-Kernel's op files): the plain-PyTorch references (autograd derives their VJPs),
-then the Triton kernels, their launchers, and one torch.autograd.Function that serves both public
+then the Triton kernels, their launchers, and one custom op (torch.library, with its autograd) that serves both public
 ops: reparam_kl is reparam_kl_multi with one level.
 
 The fused path, for L levels of widths D_1..D_L over one batch of B rows, in ONE launch each way:
     forward : reads mu_l, logvar_l (and eps_l if given), writes z_l and kl[:, l]
     backward: reads mu_l, logvar_l, dz_l, dkl (and eps_l), writes dmu_l, dlogvar_l
-With eps=None the noise is Philox noise drawn inside the kernel from a seed taken from torch's
-default generator (so torch.manual_seed repeats it) and regenerated in the backward pass from that
-seed: no noise tensor is ever stored. eps_l[i, j] = randn(seed, offset_l + i * D_l + j), with
+With eps=None the noise is Philox noise drawn inside the kernel from a seed tensor drawn on the
+inputs' device from torch's generator (so torch.manual_seed repeats it; the seed is never read on
+the host) and regenerated in the backward pass from that seed: no noise tensor is ever stored. eps_l[i, j] = randn(seed, offset_l + i * D_l + j), with
 offset_l = B * (D_1 + ... + D_{l-1}), so every element of every level gets its own stream position.
 No gradient flows to an explicit eps (it is noise).
 """
@@ -94,7 +94,7 @@ def _reparam_kl_fwd_kernel(
     Ds,  # L ints: the widths D_l
     noise_offsets,  # L ints: offset_l, the first Philox position of level l
     B,  # rows
-    seed,  # Philox seed (in-kernel noise only)
+    seed_ptr,  # [1] int64 Philox seed, read on the device (in-kernel noise only)
     L: tl.constexpr,  # levels
     BLOCK_B: tl.constexpr,  # rows per program
     BLOCK_DS: tl.constexpr,  # L powers of two: columns per step for each level
@@ -104,6 +104,7 @@ def _reparam_kl_fwd_kernel(
     """One program instance: rows [pid * BLOCK_B, (pid + 1) * BLOCK_B) of every level."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
+    seed = tl.load(seed_ptr) if not HAS_EPS else 0
     for l in tl.static_range(L):
         D = Ds[l]
         BLOCK_D: tl.constexpr = BLOCK_DS[l]
@@ -132,7 +133,7 @@ def _reparam_kl_bwd_kernel(
     Ds,  # L ints
     noise_offsets,  # L ints, as in the forward pass
     B,
-    seed,  # the forward pass's seed: the same noise is regenerated
+    seed_ptr,  # [1] the forward pass's seed: the same noise is regenerated
     L: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_DS: tl.constexpr,
@@ -142,6 +143,7 @@ def _reparam_kl_bwd_kernel(
     """One program instance: the gradients of rows [pid * BLOCK_B, (pid + 1) * BLOCK_B) of every level."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
+    seed = tl.load(seed_ptr) if not HAS_EPS else 0
     for l in tl.static_range(L):
         D = Ds[l]
         BLOCK_D: tl.constexpr = BLOCK_DS[l]
@@ -204,56 +206,80 @@ def _noise_offsets(B: int, Ds: list[int]) -> tuple[int, ...]:
     return tuple(offsets)
 
 
-class ReparamKL(torch.autograd.Function):
-    """z_l, kl for L levels: apply(L, has_eps, *mus, *logvars, *eps) -> (*zs, kl [B, L])."""
+# The fused op as torch.library custom ops (forward, backward, autograd and fake/meta functions), so
+# torch.compile keeps it in its graph instead of breaking it, and CUDA-graph capture records it.
+# The Philox seed is a [1] int64 tensor on the inputs' device, drawn there by torch.randint from the
+# device's generator and read by the kernels: no host read, so a captured CUDA graph draws fresh
+# noise on every replay (the CUDA generator advances its offset per replay) and the compiled graph
+# has no .item() in it.
+def _launch(kernel, mus, B: int, Ds: list[int], *args, has_eps: bool) -> None:
+    block_ds, block_b, grid = _launch_config(B, Ds, mus[0].is_cuda)
+    if B > 0:
+        kernel[(grid,)](*args, L=len(mus), BLOCK_B=block_b, BLOCK_DS=block_ds, HAS_EPS=has_eps,
+                        COMPUTE=tl.float64 if mus[0].dtype == torch.float64 else tl.float32,
+                        num_warps=4 if max(block_ds) * block_b <= 4096 else 8)
 
-    @staticmethod
-    def forward(ctx, L: int, has_eps: bool, *tensors: Tensor):
-        tensors = tuple(t.contiguous() for t in tensors)  # kernels index rows as i * D_l + j
-        mus, logvars = tensors[:L], tensors[L : 2 * L]
-        eps = tensors[2 * L :] if has_eps else mus  # mus stand in for the unread eps pointers
-        B, Ds = mus[0].shape[0], [mu.shape[1] for mu in mus]
-        seed = 0 if has_eps else int(torch.randint(0, 2**31 - 1, (1,)).item())  # torch.manual_seed repeats it
-        dtype, out_dtype = mus[0].dtype, kernel_out_dtype(mus[0].dtype)
-        zs = tuple(torch.empty_like(mu, dtype=out_dtype) for mu in mus)
-        kl = torch.empty(B, L, dtype=out_dtype, device=mus[0].device)
-        block_ds, block_b, grid = _launch_config(B, Ds, mus[0].is_cuda)
-        compute = tl.float64 if mus[0].dtype == torch.float64 else tl.float32
-        offsets = _noise_offsets(B, Ds)
-        if B > 0:
-            _reparam_kl_fwd_kernel[(grid,)](
-                mus, logvars, eps, zs, kl, tuple(Ds), offsets, B, seed,
-                L=L, BLOCK_B=block_b, BLOCK_DS=block_ds, HAS_EPS=has_eps, COMPUTE=compute,
-                num_warps=4 if max(block_ds) * block_b <= 4096 else 8,
-            )
-        zs, kl = tuple(z.to(dtype) for z in zs), kl.to(dtype)  # no-ops except in the interpreter
-        ctx.save_for_backward(*mus, *logvars, *(tensors[2 * L :] if has_eps else ()))
-        ctx.launch = dict(L=L, has_eps=has_eps, seed=seed, Ds=tuple(Ds), offsets=offsets, block_ds=block_ds,
-                          block_b=block_b, grid=grid, compute=compute)
-        return (*zs, kl)
 
-    @staticmethod
-    def backward(ctx, *grads: Tensor):
-        c = ctx.launch
-        L = c["L"]
-        saved = ctx.saved_tensors
-        mus, logvars = saved[:L], saved[L : 2 * L]
-        eps = saved[2 * L :] if c["has_eps"] else mus
-        dzs = tuple(g.contiguous() for g in grads[:L])  # autograd materialises unused outputs' grads as zeros
-        dkl = grads[L].contiguous()
-        out_dtype = kernel_out_dtype(mus[0].dtype)
-        dmus = tuple(torch.empty_like(mu, dtype=out_dtype) for mu in mus)
-        dlogvars = tuple(torch.empty_like(lv, dtype=out_dtype) for lv in logvars)
-        B = mus[0].shape[0]
-        if B > 0:
-            _reparam_kl_bwd_kernel[(c["grid"],)](
-                mus, logvars, eps, dzs, dkl, dmus, dlogvars, c["Ds"], c["offsets"], B, c["seed"],
-                L=L, BLOCK_B=c["block_b"], BLOCK_DS=c["block_ds"], HAS_EPS=c["has_eps"], COMPUTE=c["compute"],
-                num_warps=4 if max(c["block_ds"]) * c["block_b"] <= 4096 else 8,
-            )
-        dtype = mus[0].dtype
-        dmus, dlogvars = tuple(d.to(dtype) for d in dmus), tuple(d.to(dtype) for d in dlogvars)
-        return (None, None, *dmus, *dlogvars, *((None,) * L if c["has_eps"] else ()))
+@torch.library.custom_op("vlae_fast::reparam_kl_fwd", mutates_args=())
+def _reparam_kl_fwd(mus: list[Tensor], logvars: list[Tensor], eps: list[Tensor], seed: Tensor) -> list[Tensor]:
+    """[*zs, kl]: z_l [B, D_l] and kl [B, L]. eps = [] draws the noise in the kernel from `seed`."""
+    mus, logvars, eps = ([t.contiguous() for t in ts] for ts in (mus, logvars, eps))  # rows as i * D_l + j
+    B, Ds, L = mus[0].shape[0], [mu.shape[1] for mu in mus], len(mus)
+    dtype, out_dtype = mus[0].dtype, kernel_out_dtype(mus[0].dtype)
+    zs = [torch.empty_like(mu, dtype=out_dtype) for mu in mus]
+    kl = torch.empty(B, L, dtype=out_dtype, device=mus[0].device)
+    _launch(_reparam_kl_fwd_kernel, mus, B, Ds, tuple(mus), tuple(logvars), tuple(eps or mus), tuple(zs), kl,
+            tuple(Ds), _noise_offsets(B, Ds), B, seed, has_eps=bool(eps))
+    return [z.to(dtype) for z in zs] + [kl.to(dtype)]  # .to: no-ops except in the interpreter
+
+
+@_reparam_kl_fwd.register_fake
+def _(mus, logvars, eps, seed):
+    return [torch.empty_like(mu) for mu in mus] + [mus[0].new_empty(mus[0].shape[0], len(mus))]
+
+
+@torch.library.custom_op("vlae_fast::reparam_kl_bwd", mutates_args=())
+def _reparam_kl_bwd(mus: list[Tensor], logvars: list[Tensor], eps: list[Tensor], seed: Tensor, dzs: list[Tensor],
+                    dkl: Tensor) -> list[Tensor]:
+    """[*dmus, *dlogvars] for the forward pass with the same mus, logvars, eps and seed."""
+    mus, logvars, eps, dzs = ([t.contiguous() for t in ts] for ts in (mus, logvars, eps, dzs))
+    B, Ds = mus[0].shape[0], [mu.shape[1] for mu in mus]
+    dtype, out_dtype = mus[0].dtype, kernel_out_dtype(mus[0].dtype)
+    dmus = [torch.empty_like(mu, dtype=out_dtype) for mu in mus]
+    dlogvars = [torch.empty_like(lv, dtype=out_dtype) for lv in logvars]
+    _launch(_reparam_kl_bwd_kernel, mus, B, Ds, tuple(mus), tuple(logvars), tuple(eps or mus), tuple(dzs),
+            dkl.contiguous(), tuple(dmus), tuple(dlogvars), tuple(Ds), _noise_offsets(B, Ds), B, seed,
+            has_eps=bool(eps))
+    return [d.to(dtype) for d in dmus + dlogvars]
+
+
+@_reparam_kl_bwd.register_fake
+def _(mus, logvars, eps, seed, dzs, dkl):
+    return [torch.empty_like(t) for t in mus + logvars]
+
+
+def _reparam_kl_setup(ctx, inputs, output) -> None:
+    mus, logvars, eps, seed = inputs
+    ctx.L, ctx.has_eps = len(mus), bool(eps)
+    ctx.save_for_backward(*mus, *logvars, *eps, seed)
+
+
+def _reparam_kl_backward(ctx, grads):
+    L, saved = ctx.L, ctx.saved_tensors
+    mus, logvars, eps, seed = list(saved[:L]), list(saved[L : 2 * L]), list(saved[2 * L : -1]), saved[-1]
+    # autograd passes None for an output whose gradient is zero (an unused z_l or kl)
+    dzs = [torch.zeros_like(mu) if g is None else g for g, mu in zip(grads[:L], mus)]
+    dkl = torch.zeros(mus[0].shape[0], L, dtype=mus[0].dtype, device=mus[0].device) if grads[L] is None else grads[L]
+    d = _reparam_kl_bwd(mus, logvars, eps, seed, dzs, dkl)
+    return d[:L], d[L:], [None] * len(eps), None  # no gradient to the noise or the seed
+
+
+_reparam_kl_fwd.register_autograd(_reparam_kl_backward, setup_context=_reparam_kl_setup)
+
+
+def draw_seed(device: torch.device) -> Tensor:
+    """A Philox seed from torch's generator for `device` (so torch.manual_seed repeats it), left there."""
+    return torch.randint(0, 2**31 - 1, (1,), device=device)
 
 
 def reparam_kl_multi_triton(
@@ -268,7 +294,8 @@ def reparam_kl_multi_triton(
     """
     _check_levels(mus, logvars, eps)
     L = len(mus)
-    out = ReparamKL.apply(L, eps is not None, *mus, *logvars, *(eps if eps is not None else ()))
+    seed = mus[0].new_zeros(1, dtype=torch.int64) if eps is not None else draw_seed(mus[0].device)
+    out = _reparam_kl_fwd(list(mus), list(logvars), list(eps) if eps is not None else [], seed)
     return list(out[:L]), out[L]
 
 

@@ -31,7 +31,7 @@ def test_roundtrip_identical_outputs(tmp_path):
     assert torch.equal(o1.logits, o2.logits) and torch.equal(o1.kl, o2.kl)
     assert ck.step == 2 and ck.metrics == {"a": 1} and ck.config == m.cfg
     opt2 = torch.optim.Adam(m2.parameters(), lr=1e-3)
-    load_optimizer_state(opt2, ck)
+    load_optimizer_state(opt2, read_checkpoint(p))  # the full read, as resuming does
     s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
     assert all(torch.equal(s1[i]["exp_avg_sq"], s2[i]["exp_avg_sq"]) for i in s1)
     assert not list(tmp_path.glob(".*tmp"))  # the atomic write leaves no temp file
@@ -63,3 +63,54 @@ def test_errors(tmp_path):
                                                                "train": "{}", "optim": "{}", "metrics": "{}"})
     with pytest.raises(CheckpointError, match="do not fit"):
         load_model(tmp_path / "mis.safetensors")
+
+
+def test_load_model_reads_the_weights_alone(tmp_path, monkeypatch):
+    """Inference reads only model.* tensors (lazily, through safe_open); Adam's moments and the RNG states
+    stay in the file. read_checkpoint without weights_only reads everything, for resuming."""
+    import vlae_fast.checkpoint as C
+
+    m, opt = trained_model()
+    p = save_checkpoint(tmp_path / "c.safetensors", m, optimizer=opt, step=2, rng={"cpu": torch.get_rng_state()})
+    read = []
+    real_open = C.safe_open
+
+    class Spy:
+        def __init__(self, *a, **k):
+            self.f = real_open(*a, **k)
+
+        def __enter__(self):
+            self.inner = self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def get_tensor(self, name):
+            read.append(name)
+            return self.inner.get_tensor(name)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(C, "safe_open", Spy)
+    model, ck = load_model(p)
+    assert read and all(k.startswith("model.") for k in read), read
+    assert len(read) == len(m.state_dict()) and ck.optim_state == {} and ck.rng == {}
+    read.clear()
+    full = read_checkpoint(p)
+    assert any(k.startswith("optim.") for k in read) and full.optim_state and "cpu" in full.rng
+
+
+def test_one_cache_root_for_data_and_classifier(tmp_path, monkeypatch):
+    from vlae_fast.classifier import default_cache_path
+    from vlae_fast.data.base import default_data_root
+    from vlae_fast.paths import cache_root
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_root() == tmp_path / "vlae-fast"
+    assert default_data_root() == cache_root() / "data"
+    assert default_cache_path() == cache_root() / "classifier" / "mnist-cnn.safetensors"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_data_root() == tmp_path / "home" / ".cache" / "vlae-fast" / "data"

@@ -87,7 +87,7 @@ def test_reconstruct_finds_the_training_data_without_data_dir(tmp_path, tiny_ckp
     (["sample", "{ckpt}", "--out", "{tmp}/text.safetensors/x.png"], "is a file, not a folder"),
     (["sample", "{ckpt}", "--out", "{tmp}/no/such/x.png"], "does not exist"),
     (["sample", "{tmp}"], "without a ckpt.safetensors"),
-    (["sample", "{ckpt}", "--out", "{tmp}/x.jpg"], "ending in .png or .npz"),
+    (["sample", "{ckpt}", "--out", "{tmp}/x.jpg"], "ending in .png or .gif or .npz"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, tiny_ckpt, args, message):
     from safetensors.torch import save_file

@@ -147,6 +147,14 @@ def test_resume_without_optimizer_state_is_refused_unless_asked(run_dir, tmp_pat
     assert "3 steps" in r.output
 
 
+def test_resume_from_vlae_export_is_refused(run_dir, tmp_path):
+    (tmp_path / "shared").mkdir()
+    r = run("export", run_dir / "ckpt.safetensors", "--out", tmp_path / "shared" / "ckpt.safetensors")
+    assert r.exit_code == 0, r.output
+    r = run("train", "mnist", "--resume", tmp_path / "shared", "--steps", "3", "--no-progress")
+    assert r.exit_code == 2 and "no optimizer state" in r.output and "--restart-optimizer" in r.output
+
+
 # --- resource caps --------------------------------------------------------------------------------------
 def test_requests_that_do_not_fit_are_refused_with_their_size(tiny_ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr("vlae_fast.images.MAX_ARRAY_BYTES", 1_000_000)

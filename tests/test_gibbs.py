@@ -6,7 +6,7 @@ from PIL import Image
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from vlae_fast import gibbs
+from vlae_fast import gibbs, runs
 from vlae_fast.checkpoint import read_checkpoint
 from vlae_fast.classifier import load_classifier, quality_scores
 from vlae_fast.cli.app import app
@@ -19,9 +19,9 @@ TINY = {"steps": 3, "warmup": 2, "batch_size": 50, "train_limit": 200, "eval_lim
 
 @pytest.fixture(scope="module")
 def hvae_ckpt(tmp_path_factory, mnist_dir):
-    """A 3-level MNIST HVAE trained for 3 steps, through the same function the bare `vlae gibbs` uses."""
+    """A 3-level MNIST HVAE trained for 3 steps, through the same function the bare `vlae gibbs` uses (runs.py)."""
     run = tmp_path_factory.mktemp("hvae") / "runs" / "mnist-hvae-gibbs"
-    ckpt, trained = gibbs.default_checkpoint(mnist_dir, "cpu", False, run_dir=run, **TINY)
+    ckpt, trained = runs.default_hvae(mnist_dir, "cpu", False, run_dir=run, **TINY)
     assert trained and ckpt.is_file()
     return ckpt
 
@@ -68,13 +68,72 @@ def test_gibbs_chain_keeps_shapes_and_range(hvae_ckpt, mnist_dir):
         res = gibbs.run_gibbs(model, data, chains=6, steps=4, every=2, init=init, seed=1)
         assert res["gibbs"].shape == res["ancestral"].shape == (6, 1, 28, 28)
         assert res["states"].shape == (2, 6, 1, 28, 28)
-        torch.testing.assert_close(res["states"][-1], res["gibbs"])
-        for v in res.values():
+        for v in res.values():  # what is shown: means of p(x | z_1) and ancestral means, in [0, 1]
             assert torch.isfinite(v).all() and v.min() >= 0 and v.max() <= 1
-    x = gibbs.sample_x(torch.full((2000,), 0.5), "gaussian", 0.1, torch.Generator().manual_seed(0))
-    assert 0.09 < x.std().item() < 0.11 and x.min() >= 0 and x.max() <= 1
+        # the state after 2 of 4 steps is where a 2-step chain with the same seed ends
+        short = gibbs.run_gibbs(model, data, chains=6, steps=2, init=init, seed=1)
+        torch.testing.assert_close(res["states"][0], short["gibbs"])
+        assert not torch.equal(res["states"][0], res["gibbs"])  # and the chain moved on after it
     with pytest.raises(ConfigError, match="--every"):
         gibbs.run_gibbs(model, data, chains=2, steps=3, every=5)
+
+
+def spy_encoder(model, monkeypatch) -> list:
+    """Record the x that every step of the chain encodes with q(z_1 | x)."""
+    seen, q_params = [], model.q_params
+
+    def recording(l, h):
+        if l == 0:
+            seen.append(h.clone())
+        return q_params(l, h)
+
+    monkeypatch.setattr(model, "q_params", recording)
+    return seen
+
+
+def test_gibbs_chain_re_encodes_what_it_drew(hvae_ckpt, monkeypatch):
+    """Eq. 6: step t + 1 encodes x^(t+1), the x step t produced (here its mean, feed='mean'), not x^(0)."""
+    from vlae_fast.checkpoint import load_model
+
+    model, _ = load_model(hvae_ckpt)
+    seen = spy_encoder(model, monkeypatch)
+    x0 = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    final, states = gibbs.gibbs_chain(model, x0, steps=4, every=1, feed="mean")
+    assert len(seen) == 4 and torch.equal(seen[0], x0)
+    for t in range(1, 4):
+        torch.testing.assert_close(seen[t], states[t - 1])
+    assert not torch.equal(seen[1], x0)
+
+
+def test_gibbs_chain_draws_x_from_p_x_given_z1(hvae_ckpt, monkeypatch):
+    """x^(t+1) ~ p(x | z_1^(t)) = N(mean, sigma^2 I) around the decoded mean, unclamped: the residuals the
+    chain re-encodes have mean 0 and standard deviation sigma (a clamp to [0, 1] cuts the tails off: measured
+    std 0.30 at sigma 0.354)."""
+    from vlae_fast.checkpoint import load_model
+
+    model, _ = load_model(hvae_ckpt)
+    seen = spy_encoder(model, monkeypatch)
+    x0 = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    _, states = gibbs.gibbs_chain(model, x0, steps=3, every=1, feed="sample", seed=2)
+    r = torch.stack([seen[t] - states[t - 1] for t in (1, 2)])  # x^(t+1) - mean of p(x | z_1^(t))
+    sigma, n = model.sigma, r.numel()  # 62720 draws: the mean's standard error is sigma / 250
+    assert abs(r.mean().item()) < 5 * sigma / n ** 0.5, r.mean()
+    assert r.std().item() == pytest.approx(sigma, rel=0.02)
+    assert seen[1].min() < 0 and seen[1].max() > 1  # draws outside the data range reach the encoder
+
+
+@pytest.mark.parametrize("output, scale", [("gaussian", 0.3), ("laplace", 0.25), ("bernoulli", None)])
+def test_sample_x_has_the_likelihoods_mean_and_scale(output, scale):
+    mean = torch.linspace(0.02, 0.98, 50).repeat(400)  # 20000 pixels, many near the edges of [0, 1]
+    x = gibbs.sample_x(mean, output, scale, torch.Generator().manual_seed(0))
+    r = x - mean
+    assert abs(r.mean().item()) < 0.01, r.mean()  # unbiased around the decoded mean
+    if output == "gaussian":
+        assert r.std().item() == pytest.approx(scale, rel=0.02)
+    elif output == "laplace":  # E|x - mean| = b
+        assert r.abs().mean().item() == pytest.approx(scale, rel=0.02)
+    else:
+        assert set(x.unique().tolist()) == {0.0, 1.0}
 
 
 def test_gibbs_refuses_a_vlae_and_unfinished_runs(tiny_ckpt, tmp_path):
@@ -86,7 +145,7 @@ def test_gibbs_refuses_a_vlae_and_unfinished_runs(tiny_ckpt, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text("")
     with pytest.raises(ConfigError, match="not saved a checkpoint yet"):
-        gibbs.default_checkpoint(run_dir=tmp_path / "run")
+        runs.default_hvae(run_dir=tmp_path / "run")
 
 
 def test_cli_bare_gibbs_reuses_the_default_run(hvae_ckpt, classifier_cache, mnist_dir, tmp_path, monkeypatch):
@@ -114,8 +173,8 @@ def test_cli_bare_gibbs_reuses_the_default_run(hvae_ckpt, classifier_cache, mnis
 def test_cli_gibbs_errors_are_one_line(tiny_ckpt, tmp_path):
     r = runner.invoke(app, ["gibbs", str(tiny_ckpt), "--out", str(tmp_path / "g.png"), "--no-progress"])
     assert r.exit_code == 2 and "Markov HVAE" in r.stderr and "Traceback" not in r.output
-    r = runner.invoke(app, ["gibbs", str(tiny_ckpt), "--out", str(tmp_path / "g.gif")])
-    assert r.exit_code == 2 and ".png or .npz" in r.stderr
+    r = runner.invoke(app, ["gibbs", str(tiny_ckpt), "--out", str(tmp_path / "g.jpg")])
+    assert r.exit_code == 2 and ".png or .gif or .npz" in r.stderr
 
 
 def test_cli_traverse_on_hvae_prints_variance_shares(hvae_ckpt, tmp_path):
@@ -135,3 +194,13 @@ def test_cli_train_hvae_uses_its_own_learning_rate(tmp_path, mnist_dir):
     r = runner.invoke(app, ["train", "mnist", "--model", "hvae", "--join", "gated_add", "--steps", "1",
                             "--out", str(tmp_path / "x"), "--data-dir", str(mnist_dir), "--no-progress"])
     assert r.exit_code == 2 and "join" in r.stderr
+
+
+def test_the_sampling_module_does_not_train():
+    """Training the default HVAE is runs.py's job: gibbs.py reads finished checkpoints only."""
+    import ast
+    import inspect
+
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(gibbs)))
+                if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"train", "config", "runs"}, imported

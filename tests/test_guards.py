@@ -14,9 +14,9 @@ from vlae_fast.checkpoint import read_checkpoint, save_checkpoint
 from vlae_fast.cli.app import app
 from vlae_fast.data.download import download
 from vlae_fast.errors import DataError, TrainingStopped
-from vlae_fast.guards import clip_and_check
+from vlae_fast.guards import NonFiniteGuard
 from vlae_fast.models import build_model, make_config
-from vlae_fast.train import TrainConfig, train
+from vlae_fast.train import TrainConfig, make_optimizer, make_step, train
 
 TINY = {"model": "vlae", "latent_dims": [2, 2], "channels": [4, 8], "hidden": 16}
 
@@ -26,19 +26,49 @@ def tiny_model():
     return build_model(make_config(TINY))
 
 
-def test_clip_and_check_clips_and_flags_non_finite():
+def test_guard_clips_and_flags_non_finite_on_the_device():
     model = tiny_model()
+    guard = NonFiniteGuard(make_optimizer(model, 1e-3), torch.device("cpu"))
     out = model(torch.rand(8, 1, 28, 28) + 0.3)
     loss = 1e3 * (out.recon.mean() + out.kl.sum())  # a large gradient
     loss.backward()
     before = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
-    assert clip_and_check(model, loss, grad_clip=0.0) is None
-    assert clip_and_check(model, loss, grad_clip=0.5) is None
+    assert guard.check(model, loss, grad_clip=0.0) == before and guard.tripped() is None
+    guard.check(model, loss, grad_clip=0.5)
     after = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
-    assert before > 1 and after == pytest.approx(0.5, rel=1e-4), (before, after)
+    assert before > 1 and after == pytest.approx(0.5, rel=1e-4) and guard.found_inf == 0, (before, after)
+    guard.step_t.fill_(7)
     next(model.parameters()).grad[0] = float("inf")
-    assert clip_and_check(model, loss, grad_clip=0.0) == float("inf")
-    assert clip_and_check(model, loss.detach() * float("nan"), grad_clip=1.0) is not None
+    guard.check(model, loss, grad_clip=0.0)
+    assert guard.found_inf == 1 and guard.tripped() == (7, loss.item(), float("inf"))
+    guard.step_t.fill_(8)  # a later bad step does not overwrite the first one's report
+    guard.check(model, loss.detach() * float("nan"), grad_clip=1.0)
+    assert guard.tripped()[0] == 7 and guard.found_inf == 1
+
+
+@pytest.mark.parametrize("poison", ["loss", "gradient"])
+def test_non_finite_step_never_changes_weights_or_adam_moments(poison):
+    """The update is skipped on the device: weights, Adam's moments and its step count stay bit-identical,
+    for the bad step and every step after it until the loop reads the flag."""
+    model = tiny_model()
+    opt = make_optimizer(model, 1e-3)
+    guard = NonFiniteGuard(opt, torch.device("cpu"))
+    step = make_step(model, model, opt, guard)
+    x, w = torch.rand(8, 1, 28, 28), torch.tensor(0.5)
+    step(x, w, None)  # one good step: Adam has moments now
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    moments = {(i, k): v.clone() for i, s in enumerate(opt.state.values()) for k, v in s.items()}
+    if poison == "loss":
+        w = torch.tensor(float("nan"))  # the loss is nan
+    else:  # a finite loss with an infinite gradient
+        model.g[0][0][0].weight.register_hook(lambda g: g * float("inf"))
+    guard.step_t.fill_(2)
+    stats = step(x, w, None)
+    assert torch.isfinite(stats[0]) == (poison == "gradient")
+    step(x, torch.tensor(0.5), None)  # finite, but after a bad step: skipped too (sticky until reported)
+    assert all(torch.equal(v, weights[k]) for k, v in model.named_parameters())
+    assert all(torch.equal(v, moments[(i, k)]) for i, s in enumerate(opt.state.values()) for k, v in s.items())
+    assert guard.tripped()[0] == 2
 
 
 def test_non_finite_loss_stops_names_the_step_and_keeps_last_good_checkpoint(tmp_path, mnist_dir):
@@ -78,7 +108,33 @@ for step in range(1, 10**9):
         p.wait()
         steps.append(read_checkpoint(path).step)  # raises if the kill left a broken file
     assert max(steps) > 0, steps  # the children did overwrite the file while being killed
-    assert all(not f.name.startswith(".ckpt") or f.suffix == ".tmp" for f in tmp_path.iterdir())
+
+
+def test_a_kill_inside_the_write_leaves_the_old_file_and_a_temp_that_resume_removes(tmp_path):
+    """A child killed while its temp file is half written (inside fsync): the checkpoint is the previous one,
+    and the temp it left is what resume.remove_stale_temps deletes before a resumed run saves again."""
+    from vlae_fast.resume import remove_stale_temps
+
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, tiny_model(), step=1)
+    child = f"""
+import os, time
+from vlae_fast.checkpoint import save_checkpoint
+from vlae_fast.models import build_model, make_config
+def stuck(fd):
+    print("writing", flush=True)
+    time.sleep(600)
+os.fsync = stuck
+save_checkpoint({str(path)!r}, build_model(make_config({TINY!r})), step=2)
+"""
+    p = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "writing"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert read_checkpoint(path).step == 1
+    assert len(list(tmp_path.iterdir())) == 2, list(tmp_path.iterdir())  # the checkpoint and the temp
+    remove_stale_temps(path)
+    assert [f.name for f in tmp_path.iterdir()] == [path.name]
 
 
 def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):

@@ -57,6 +57,10 @@ def test_switch_picks_the_path(monkeypatch):
     K.set_backend(None)
     monkeypatch.setenv("VLAE_KERNELS", "triton")
     assert K.get_backend() == "triton" and runs_triton(monkeypatch)
+    monkeypatch.setenv("VLAE_KERNELS", "torch")  # the environment is read once, not on every op call
+    assert K.get_backend() == "triton" and runs_triton(monkeypatch)
+    K.set_backend(None)  # ... and afresh after set_backend(None)
+    assert K.get_backend() == "torch"
 
 
 def test_bad_choices_say_what_to_do(monkeypatch):
@@ -108,12 +112,10 @@ def test_training_on_triton_matches_torch(tmp_path, mnist_dir):
     assert set(tri_w) == set(ref_w)
     # Adam moves every weight by about +-lr per step whatever the gradient's size, so a gradient that is
     # float32 noise around 0 (e.g. the biases just before a BatchNorm, whose true gradient is 0) can
-    # flip sign between the two paths: such a weight may differ by up to 2 * lr * steps. Every weight
-    # stays inside that bound, and nearly all agree to float tolerance.
-    bound = 2 * TrainConfig.lr * 3
+    # flip sign between the two paths: such a weight may differ by up to 2 * lr * steps (a bound Adam
+    # keeps for any gradients, so not checked). Nearly all weights agree to float tolerance.
     diffs = torch.cat([(tri_w[k].double() - ref_w[k].double()).abs().flatten()
                        for k in ref_w if k.startswith("model.") and ref_w[k].is_floating_point()])
-    assert diffs.max().item() <= bound, diffs.max()
     # (Adam's moments are left out: float32 gradients of weights feeding a BatchNorm are mostly rounding
     # noise on either path; test_model_gradients_match_in_float64 checks every gradient tightly.)
     # Measured: 0.4% to 2.2% of the weights differ by more than 1e-5 depending on the noise draw.

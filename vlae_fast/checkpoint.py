@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch import nn
 
@@ -111,21 +111,33 @@ def _json(meta: dict, key: str, path: Path) -> dict:
     return value
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read and validate a checkpoint file without building a model. Raises CheckpointError."""
+# What a malformed safetensors file raises from the reader (the Rust side's errors, or a header that
+# decodes to nonsense); read_checkpoint turns each into a CheckpointError.
+UNREADABLE = (SafetensorError, OSError, ValueError, RuntimeError, OverflowError, MemoryError, RecursionError)
+
+
+def read_safetensors(path: str | Path, keep: Callable[[str], bool] = lambda name: True
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The one safetensors reader: a file's tensors whose names `keep` accepts, and its metadata (the JSON
+    header's __metadata__, {} if none). Lazy (safe_open): the header is validated against the file size, and
+    only the kept tensors' bytes are read. Raises one of UNREADABLE for a file that is not safetensors."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys() if keep(k)}
+    return tensors, meta
+
+
+def read_checkpoint(path: str | Path, weights_only: bool = False) -> Checkpoint:
+    """Read and validate a checkpoint file without building a model. Raises CheckpointError.
+
+    weights_only: read the model's tensors alone (inference: sample, traverse, evaluate ...), leaving the
+    optimizer's moments and the RNG states in the file; optim_state and rng are then empty."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; pass the ckpt.safetensors written by `vlae train`")
     try:
-        blob = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        tensors = st_load(blob)
-        # safetensors.torch.load drops the metadata; read it from the header (validated just above).
-        n = int.from_bytes(blob[:8], "little")
-        meta = json.loads(blob[8 : 8 + n]).get("__metadata__") or {}
-    except (SafetensorError, ValueError, RuntimeError, OverflowError, MemoryError, RecursionError) as e:
+        tensors, meta = read_safetensors(path, (lambda k: k.startswith("model.")) if weights_only else (lambda k: True))
+    except UNREADABLE as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path} is not a readable safetensors file ({msg}); it may be truncated or corrupt") from None
     if meta.get("format") != FORMAT:
@@ -156,13 +168,21 @@ def expected_state(config, path: str | Path) -> dict[str, torch.Tensor]:
                               "the file is corrupt or from another version") from None
 
 
+EXPORT_DTYPES = (torch.float16, torch.bfloat16)  # what `vlae export --dtype` may store a float32 weight as
+
+
+def _dtype_fits(stored: torch.dtype, expected: torch.dtype) -> bool:
+    """A weight fits in its own dtype, or exported at half precision (loading widens it again)."""
+    return stored == expected or (stored in EXPORT_DTYPES and expected == torch.float32)
+
+
 def check_fits(expected: dict[str, torch.Tensor], ckpt: Checkpoint, path: str | Path) -> None:
     """CheckpointError naming every missing, unexpected and wrongly shaped or typed tensor at once."""
     missing = sorted(set(expected) - set(ckpt.model_state))
     unexpected = sorted(set(ckpt.model_state) - set(expected))
     wrong = [f"{k} {tuple(v.shape)}/{v.dtype} (expected {tuple(expected[k].shape)}/{expected[k].dtype})"
              for k, v in ckpt.model_state.items()
-             if k in expected and (v.shape != expected[k].shape or v.dtype != expected[k].dtype)]
+             if k in expected and (v.shape != expected[k].shape or not _dtype_fits(v.dtype, expected[k].dtype))]
     if missing or unexpected or wrong:
         parts = [f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}" if missing else "",
                  f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}" if unexpected else "",
@@ -172,14 +192,16 @@ def check_fits(expected: dict[str, torch.Tensor], ckpt: Checkpoint, path: str | 
 
 
 def load_weights(model: nn.Module, ckpt: Checkpoint, path: str | Path) -> None:
-    """Load ckpt's weights into `model` strictly; CheckpointError naming every key that does not fit."""
+    """Load ckpt's weights into `model` strictly; CheckpointError naming every key that does not fit.
+    Half-precision weights (an export) are widened to the model's float32 as they are copied in."""
     check_fits(model.state_dict(), ckpt, path)
     model.load_state_dict(ckpt.model_state, strict=True)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Checkpoint]:
-    """Rebuild the model a checkpoint describes, load its weights strictly, move it to `device`."""
-    ckpt = read_checkpoint(path)
+    """Rebuild the model a checkpoint describes, load its weights strictly, move it to `device`. For inference:
+    the optimizer state and RNG states stay in the file (read_checkpoint(path) for resuming)."""
+    ckpt = read_checkpoint(path, weights_only=True)
     check_fits(expected_state(ckpt.config, path), ckpt, path)  # before allocating anything
     model = build_model(ckpt.config)
     load_weights(model, ckpt, path)

@@ -8,19 +8,19 @@ The weights live in a safetensors file in the user cache (never a pickle), with 
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from .checkpoint import UNREADABLE, read_safetensors
 from .data import load_dataset
 from .errors import CheckpointError
+from .paths import cache_root
 from .progress import progress_bar
 
 FORMAT = "vlae-fast-mnist-classifier/1"
@@ -30,8 +30,7 @@ BATCH = 128
 
 def default_cache_path() -> Path:
     """$XDG_CACHE_HOME/vlae-fast/classifier/mnist-cnn.safetensors (else ~/.cache/...)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "vlae-fast" / "classifier" / "mnist-cnn.safetensors"
+    return cache_root() / "classifier" / "mnist-cnn.safetensors"
 
 
 class DigitNet(nn.Module):
@@ -90,15 +89,13 @@ def load_classifier(cache_path: str | Path | None = None, data_dir: str | Path |
     clf = DigitNet()
     if path.is_file():
         try:
-            state = load_file(path)
-            with open(path, "rb") as f:  # the metadata sits in the JSON header after an 8-byte length
-                meta = json.loads(f.read(int.from_bytes(f.read(8), "little"))).get("__metadata__") or {}
+            state, meta = read_safetensors(path)
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}")
             clf.load_state_dict(state, strict=True)
             clf.eval()
             return clf, float(meta["test_accuracy"])
-        except (SafetensorError, ValueError, RuntimeError, KeyError, OSError) as e:
+        except (*UNREADABLE, KeyError) as e:
             raise CheckpointError(f"cached classifier {path} is unreadable ({str(e).splitlines()[0]}); "
                                   "delete it and it will be retrained") from None
     clf, acc = train_classifier(data_dir, show_progress=show_progress)

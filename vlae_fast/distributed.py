@@ -11,7 +11,6 @@ checkpoints and metrics.jsonl. Backend: nccl on CUDA, gloo on CPU.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -21,47 +20,113 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .errors import ConfigError
 
 
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
+class Processes:
+    """The processes this run is part of: this one alone, or one of torchrun's N. The training loop holds
+    one and asks it only what it needs; for one process every method is the identity or a no-op.
+
+        procs = Processes.start(device)     join torchrun's group (if any); procs.device is this rank's device
+        net = procs.wrap(model)             before the optimizer is built: the wrap may replace modules
+        x = batch(procs.shard(idx))         this rank's slice of the global batch
+        procs.mean(figures), procs.any(flag), procs.rng_states(own), procs.close()
+    """
+
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, device: torch.device | None = None):
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+        self.device = torch.device("cpu") if device is None else device
+
+    @classmethod
+    def start(cls, device: torch.device) -> "Processes":
+        """Join the process group torchrun describes ($WORLD_SIZE, $RANK, $LOCAL_RANK), or one already
+        initialised; a single process joins nothing. On CUDA each process takes GPU $LOCAL_RANK."""
+        if not dist.is_initialized():
+            if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+                return cls(device=device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)  # one GPU per process
+            torch.cuda.set_device(device)
+        return cls(rank, world, local_rank, device)
 
     @property
     def main(self) -> bool:
+        """Rank 0: the one process that writes the run folder and reports."""
         return self.rank == 0
 
+    def check_batch(self, batch_size: int) -> None:
+        if batch_size % self.world:
+            raise ConfigError(f"--batch-size {batch_size} does not split evenly over {self.world} processes; "
+                              f"use a multiple of {self.world}")
 
-def setup(device: torch.device) -> tuple[Dist, torch.device]:
-    """Join the process group torchrun describes ($WORLD_SIZE, $RANK, $LOCAL_RANK), or one already
-    initialised; one process is a no-op. Returns the rank info and this rank's device."""
-    if not dist.is_initialized():
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return Dist(), device
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    d = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
-    if device.type == "cuda":
-        device = torch.device("cuda", d.local_rank)  # one GPU per process
-        torch.cuda.set_device(device)
-    return d, device
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the loop calls: `model` itself for one process, else DDP over it with batch norms that
+        synchronise. Build the optimizer after this, on model.parameters(). `model` keeps its state_dict keys."""
+        if self.world == 1:
+            return model
+        if self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            model = convert_batchnorm(model)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
+    def shard(self, t: Tensor) -> Tensor:
+        """This rank's contiguous slice of a global batch (indices, noise): [B, ...] -> [B / world, ...]."""
+        per = t.shape[0] // self.world
+        return t[self.rank * per : (self.rank + 1) * per]
 
-def teardown(d: Dist) -> None:
-    if d.world > 1 and dist.is_initialized():
-        dist.barrier()  # rank 0 has finished writing before anyone exits
-        dist.destroy_process_group()
+    def mean(self, t: Tensor) -> Tensor:
+        """The average of a tensor over ranks (the global batch's figures for the log); itself for one process."""
+        if self.world == 1:
+            return t
+        t = t.detach().clone()
+        dist.all_reduce(t)
+        return t / self.world
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank if it is True on any: all ranks stop at the same step after a signal."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t)  # a host sync: every rank waits for the others here
+        return bool(t.item() > 0)
 
-def check_batch(batch_size: int, d: Dist) -> None:
-    if batch_size % d.world:
-        raise ConfigError(f"--batch-size {batch_size} does not split evenly over {d.world} processes; "
-                          f"use a multiple of {d.world}")
+    def seed(self, seed: int, step: int, saved: dict[str, Tensor] | None) -> None:
+        """Give every rank its own noise stream: the rank's saved generator state when `saved` (a checkpoint's
+        RNG states) was written with this many ranks, else a fresh seed from (seed, step, rank). One process
+        keeps the stream train() seeded (and a resume restored)."""
+        if self.world == 1:
+            return
+        if saved and f"rank{self.world - 1}.cpu" in saved and f"rank{self.world}.cpu" not in saved:
+            torch.set_rng_state(saved[f"rank{self.rank}.cpu"].to(torch.uint8))
+            if self.device.type == "cuda" and f"rank{self.rank}.cuda" in saved:
+                torch.cuda.set_rng_state(saved[f"rank{self.rank}.cuda"].to(torch.uint8), self.device)
+            return
+        torch.manual_seed(seed * 1_000_003 + step * 1009 + self.rank + 1)
 
+    def rng_states(self, own: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every rank's generator states, for rank 0 to save: `own` (this rank's, from resume.rng_state) for
+        one process, else 'rank<r>.cpu' (and 'rank<r>.cuda') for each rank r, gathered as uint8 tensors (no
+        pickling). A collective: every rank calls it at the same step."""
+        if self.world == 1:
+            return own
+        states = {"cpu": own["cpu"]}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        out = {}
+        for key, s in states.items():
+            s = s.to(self.device)
+            parts = [torch.empty_like(s) for _ in range(self.world)]
+            dist.all_gather(parts, s)
+            out.update({f"rank{r}.{key}": p.cpu() for r, p in enumerate(parts)})
+        return out
 
-def shard(idx: Tensor, d: Dist) -> Tensor:
-    """This rank's contiguous slice of the global batch's indices: [B] -> [B / world]."""
-    per = idx.shape[0] // d.world
-    return idx[d.rank * per : (d.rank + 1) * per]
+    def close(self) -> None:
+        """Leave the group once rank 0 has finished writing; nothing for one process."""
+        if self.world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -114,13 +179,16 @@ class AllReduceBatchNorm(_BatchNorm):
 
 
 def convert_batchnorm(module: nn.Module) -> nn.Module:
-    """Every BatchNorm*d in `module` replaced by an AllReduceBatchNorm with the same parameters and buffers
-    (same state_dict keys, so checkpoints load either way)."""
+    """Every BatchNorm*d in `module` replaced by an AllReduceBatchNorm holding the very same Parameter and
+    buffer objects (as torch's convert_sync_batchnorm does), so an optimizer built on the model before the
+    swap still steps the scale and shift; same state_dict keys, so checkpoints load either way."""
     if isinstance(module, _BatchNorm):
-        like = next(iter(module.state_dict().values()), torch.empty(0))  # device and dtype to keep
-        bn = AllReduceBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                module.track_running_stats, device=like.device, dtype=like.dtype)
-        bn.load_state_dict(module.state_dict())
+        bn = AllReduceBatchNorm(module.num_features, module.eps, module.momentum, affine=False,
+                                track_running_stats=False)
+        bn.affine, bn.track_running_stats = module.affine, module.track_running_stats
+        bn.weight, bn.bias = module.weight, module.bias  # Parameters (or None without affine)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            bn.register_buffer(name, getattr(module, name))
         bn.train(module.training)
         return bn
     for name, child in module.named_children():
@@ -128,38 +196,8 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def wrap(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
-    """The module the loop calls: `model` itself for one process, else DDP over a copy of it whose batch
-    norms synchronise. `model` keeps its own state_dict keys for checkpoints (DDP adds no prefix to it)."""
-    if d.world == 1:
-        return model
-    if device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    else:
-        model = convert_batchnorm(model)
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
 def unwrap(net: nn.Module) -> nn.Module:
     return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
-
-
-def mean_over_ranks(t: Tensor, d: Dist) -> Tensor:
-    """The average of a tensor over ranks (for logging the global loss); itself for one process."""
-    if d.world == 1:
-        return t
-    t = t.detach().clone()
-    dist.all_reduce(t)
-    return t / d.world
-
-
-def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
-    """True on every rank if it is True on any: all ranks stop at the same step after a signal."""
-    if d.world == 1:
-        return flag
-    t = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
 
 
 def launch(nproc: int, argv: list[str]) -> int:
@@ -182,32 +220,3 @@ def launch(nproc: int, argv: list[str]) -> int:
         return subprocess.call(cmd)
     except KeyboardInterrupt:  # torchrun forwards Ctrl-C to the ranks, which save and stop
         return 130
-
-
-def rng_states(d: Dist, device: torch.device, own: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Every rank's generator states, for rank 0 to save: `own` (this rank's, from resume.rng_state) for
-    one process, else 'rank<r>.cpu' (and 'rank<r>.cuda') for each rank r, gathered as uint8 tensors (no
-    pickling). A collective: every rank calls it at the same step."""
-    if d.world == 1:
-        return own
-    states = {"cpu": own["cpu"]}
-    if device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state(device)
-    out = {}
-    for key, s in states.items():
-        s = s.to(device)
-        parts = [torch.empty_like(s) for _ in range(d.world)]
-        dist.all_gather(parts, s)
-        out.update({f"rank{r}.{key}": p.cpu() for r, p in enumerate(parts)})
-    return out
-
-
-def restore_rank_rng(states: dict[str, Tensor], d: Dist, device: torch.device) -> bool:
-    """Set this rank's generators from a checkpoint written with the same number of ranks; False if it
-    holds none for this rank (then the caller seeds them afresh)."""
-    if d.world == 1 or f"rank{d.world - 1}.cpu" not in states or f"rank{d.world}.cpu" in states:
-        return False
-    torch.set_rng_state(states[f"rank{d.rank}.cpu"].to(torch.uint8))
-    if device.type == "cuda" and f"rank{d.rank}.cuda" in states:
-        torch.cuda.set_rng_state(states[f"rank{d.rank}.cuda"].to(torch.uint8), device)
-    return True

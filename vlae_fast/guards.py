@@ -45,16 +45,47 @@ class StopRequest:
                                f"saved {ckpt}; resume with: {resume_hint}", exit_code=128 + signum)
 
 
-def clip_and_check(model: nn.Module, loss: torch.Tensor, grad_clip: float) -> float | None:
-    """Clip the global gradient norm to grad_clip (0 = no clipping) and return None if the loss and the
-    gradient are finite, else the gradient norm (for the message). One CPU-GPU sync per step."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    if grad_clip > 0:
-        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    finite = torch.isfinite(loss.detach()) & torch.isfinite(norm)
-    return None if finite.item() else float(norm)  # .item(): the sync point
+class NonFiniteGuard:
+    """No update from a non-finite loss or gradient reaches the weights, with no CPU-GPU sync in the step.
+
+    check() runs after backward: it clips the global gradient norm (grad_clip > 0) and, on the device,
+    sets the fused Adam's `found_inf` flag when the loss or the norm is not finite; Adam then skips the
+    whole update (weights, both moments and the step count stay as they were). The flag is sticky: every
+    later step is skipped too, until the loop reads the flag on its next log or save step (tripped())
+    and stops with non_finite()'s message about the first bad step.
+
+    state: [tripped, step, loss, norm] of the first non-finite step (float64, on the device);
+    step_t: the 1-based number of the current step, which the loop refills before each step.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device):
+        if not optimizer.defaults.get("fused"):
+            raise ValueError("NonFiniteGuard needs an optimizer built with fused=True: only the fused update "
+                             "honours found_inf (skips the step on the device)")
+        self.state = torch.zeros(4, dtype=torch.float64, device=device)
+        self.step_t = torch.zeros((), dtype=torch.float64, device=device)
+        self.found_inf = torch.zeros((), dtype=torch.float32, device=device)
+        optimizer.found_inf = self.found_inf  # read by Adam.step (the hook GradScaler uses)
+
+    def check(self, model: nn.Module, loss: torch.Tensor, grad_clip: float) -> torch.Tensor:
+        """Clip to grad_clip (0 = no clipping), update the flag; returns the gradient norm (before clipping)."""
+        params = [p for p in model.parameters() if p.grad is not None]
+        if grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+        first = bad & (self.state[0] == 0)  # only the first bad step is reported
+        now = torch.stack([torch.ones_like(self.step_t), self.step_t, loss.detach().double(), norm.double()])
+        self.state.copy_(torch.where(first, now, self.state))
+        self.found_inf.copy_(self.state[0])  # sticky: no update after the first bad step
+        return norm
+
+    def tripped(self, state: list[float] | None = None) -> tuple[int, float, float] | None:
+        """(step, loss, norm) of the first non-finite step, or None. `state`: self.state already read to the
+        host (the loop reads it with the logged figures, in one sync); else it is read here (a sync point)."""
+        flag, step, loss, norm = self.state.tolist() if state is None else state
+        return (int(step), loss, norm) if flag else None
 
 
 def non_finite(step: int, loss: float, norm: float, lr: float, grad_clip: float, last_ckpt: str | None,

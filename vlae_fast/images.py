@@ -1,4 +1,10 @@
-"""The one image writer: tensors of images -> a PNG grid, or the raw array as .npz."""
+"""The one image writer: tensors of images -> a PNG grid, an animated GIF of its rows, or the raw array as .npz.
+
+A GIF shows the PNG grid one row at a time: frame r is exactly the PNG's row r (pads included), so a
+traversal animates down its grid and a Gibbs chain (rows = steps) plays forward. Pillow merges
+consecutive identical frames into one longer frame. Grey images are stored exactly; colour frames are
+limited to 256 colours each (GIF's palette).
+"""
 from __future__ import annotations
 
 import os
@@ -12,6 +18,7 @@ from torch import Tensor
 from .errors import ConfigError
 
 
+GIF_FRAME_MS = 200  # one GIF frame (a grid row) on screen: 5 frames a second
 MAX_PNG_PIXELS = Image.MAX_IMAGE_PIXELS  # ~89 M: larger PNGs trip PIL's (and viewers') decompression-bomb guard
 MAX_ARRAY_BYTES = 2 << 30  # the most float32 image data one command builds in memory, whatever the machine has
 
@@ -26,11 +33,9 @@ def columns(n: int, nrow: int | None = None) -> int:
     return fits[0] if fits else max(1, int(np.ceil(root)))
 
 
-def grid(x: Tensor, ncol: int | None = None, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
-    """Tile images into one uint8 array [H', W'] (grey) or [H', W', 3] (colour).
-
-    x: [rows, cols, C, H, W] (a grid already) or [N, C, H, W] (tiled ncol per row, default: columns(N)).
-    """
+def as_grid(x: Tensor, ncol: int | None = None, pad_value: float = 1.0) -> Tensor:
+    """x as [rows, cols, C, H, W] float in [0, 1] on the CPU: a grid as it is, or [N, C, H, W] tiled ncol
+    per row (default: columns(N)), the last row filled with blank (pad_value) images."""
     x = x.detach().float().cpu().clamp(0, 1)
     if x.dim() == 4:
         N = x.shape[0]
@@ -40,6 +45,15 @@ def grid(x: Tensor, ncol: int | None = None, pad: int = 2, pad_value: float = 1.
         x = torch.cat([x, fill]).view(nrow, ncol, *x.shape[1:])
     if x.dim() != 5:
         raise ValueError(f"expected [N, C, H, W] or [rows, cols, C, H, W]; got {tuple(x.shape)}")
+    return x
+
+
+def grid(x: Tensor, ncol: int | None = None, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """Tile images into one uint8 array [H', W'] (grey) or [H', W', 3] (colour).
+
+    x: [rows, cols, C, H, W] (a grid already) or [N, C, H, W] (tiled ncol per row, default: columns(N)).
+    """
+    x = as_grid(x, ncol, pad_value)
     R, K, C, H, W = x.shape
     canvas = torch.full((C, pad + R * (H + pad), pad + K * (W + pad)), pad_value)
     for r in range(R):
@@ -50,7 +64,13 @@ def grid(x: Tensor, ncol: int | None = None, pad: int = 2, pad_value: float = 1.
     return arr[:, :, 0] if C == 1 else arr
 
 
-def check_writable(path: str | Path, suffixes: tuple[str, ...] = (".png", ".npz")) -> Path:
+def save_gif(frames: list[np.ndarray], path: Path, frame_ms: int = GIF_FRAME_MS) -> None:
+    """uint8 frames ([H, W] or [H, W, 3], one size) as a looping GIF."""
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
+
+
+def check_writable(path: str | Path, suffixes: tuple[str, ...] = (".png", ".gif", ".npz")) -> Path:
     """Fail early (before long work) if `path` has the wrong suffix or its folder is missing or read-only.
     Creates nothing: a folder that does not exist is an error, not a guess."""
     path = Path(path)
@@ -140,13 +160,17 @@ def labelled(tile: np.ndarray, title: str | None = None, row_labels: list[str] |
 
 def save_images(x: Tensor, path: str | Path, ncol: int | None = None, title: str | None = None,
                 row_labels: list[str] | None = None, **arrays: Tensor) -> Path:
-    """Write x as a PNG grid (with an optional title above and labels left of the rows), or (path ending
-    in .npz) the raw float32 array under key 'x' plus `arrays`."""
+    """Write x as a PNG grid (with an optional title above and labels left of the rows), a GIF of that
+    grid's rows (path ending in .gif: frame r = the PNG's row r), or (path ending in .npz) the raw float32
+    array under key 'x' plus `arrays`."""
     path = check_writable(path)
     try:
         if path.suffix.lower() == ".npz":
             extra = {k: v.detach().float().cpu().numpy() for k, v in arrays.items()}
             np.savez_compressed(path, x=x.detach().float().cpu().numpy(), **extra)
+        elif path.suffix.lower() == ".gif":
+            rows = as_grid(x, ncol)
+            save_gif([grid(rows[r : r + 1]) for r in range(rows.shape[0])], path)
         else:
             tile = grid(x, ncol)
             if title or row_labels:
@@ -157,25 +181,50 @@ def save_images(x: Tensor, path: str | Path, ncol: int | None = None, title: str
     return path
 
 
+def _side_by_side(panels: list[tuple[str, np.ndarray]], gap: int) -> np.ndarray:
+    """uint8 tiles side by side on white, each under its label (labelled(): a margin above and below the
+    text): [H, W] (grey) or [H, W, 3]."""
+    tiles = [labelled(tile, label) for label, tile in panels]
+    height = max(t.shape[0] for t in tiles)
+    width = sum(t.shape[1] for t in tiles) + gap * (len(tiles) - 1)
+    mode = "L" if tiles[0].ndim == 2 else "RGB"
+    canvas = Image.new(mode, (width, height), 255 if mode == "L" else (255, 255, 255))
+    left = 0
+    for tile in tiles:
+        canvas.paste(Image.fromarray(tile), (left, 0))
+        left += tile.shape[1] + gap
+    return np.asarray(canvas)
+
+
 def save_panels(panels: list[tuple[str, Tensor]], path: str | Path, gap: int = 8,
                 **arrays: Tensor) -> Path:
-    """Write labelled image grids side by side as one PNG (a title above each panel), or (path ending
-    in .npz) the given `arrays` by name. Each panel: [N, C, H, W] or [rows, cols, C, H, W], as for grid()."""
+    """Write labelled image grids side by side as one PNG (a title above each panel), a GIF, or (path
+    ending in .npz) the given `arrays` by name. Each panel: [N, C, H, W] or [rows, cols, C, H, W], as for grid().
+
+    GIF: a [rows, cols, C, H, W] panel plays its rows over time (frame t tiles row t's images as a flat
+    panel is tiled, label "... (t/rows)"); [N, C, H, W] panels stay still beside it.
+    """
     path = check_writable(path)
     try:
         if path.suffix.lower() == ".npz":
             np.savez_compressed(path, **{k: v.detach().float().cpu().numpy() for k, v in arrays.items()})
             return path
-        tiles = [labelled(grid(x), label) for label, x in panels]
-        height = max(t.shape[0] for t in tiles)
-        width = sum(t.shape[1] for t in tiles) + gap * (len(tiles) - 1)
-        mode = "L" if tiles[0].ndim == 2 else "RGB"
-        canvas = Image.new(mode, (width, height), 255 if mode == "L" else (255, 255, 255))
-        left = 0
-        for tile in tiles:
-            canvas.paste(Image.fromarray(tile), (left, 0))
-            left += tile.shape[1] + gap
-        canvas.save(path)
+        if path.suffix.lower() != ".gif":
+            Image.fromarray(_side_by_side([(label, grid(x)) for label, x in panels], gap)).save(path)
+            return path
+        T = max(x.shape[0] if x.dim() == 5 else 0 for _, x in panels)
+        if T == 0:
+            raise ConfigError(f"--out {path}: nothing here moves over time to animate (no panel has rows of "
+                              "steps; for `vlae gibbs` add --every K); write a .png instead")
+        frames = []
+        for t in range(T):
+            frames.append(_side_by_side([(f"{label} ({min(t, x.shape[0] - 1) + 1}/{x.shape[0]})",
+                                          grid(x[min(t, x.shape[0] - 1)])) if x.dim() == 5 else (label, grid(x))
+                                         for label, x in panels], gap))
+        H, W = max(f.shape[0] for f in frames), max(f.shape[1] for f in frames)  # labels "(t/T)" vary in width
+        frames = [np.pad(f, [(0, H - f.shape[0]), (0, W - f.shape[1])] + [(0, 0)] * (f.ndim - 2), constant_values=255)
+                  for f in frames]
+        save_gif(frames, path)
     except OSError as e:
         raise ConfigError(f"--out {path}: cannot write ({e.strerror or e})") from None
     return path

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CKPT_NAME, Checkpoint, load_optimizer_state, load_weights, read_checkpoint
+from .config import TrainConfig
 from .errors import CheckpointError, ConfigError
 
 # Options a resumed run may change; every other training option is taken from the checkpoint, since
@@ -60,8 +61,6 @@ def plan_resume(path: str | Path, dataset: str | None = None, restart_optimizer:
     checkpoint). `overrides` (None = keep) may change only the OVERRIDABLE options; `dataset`, if given,
     must be the run's. A checkpoint without optimizer state (exported or stripped) cannot continue the
     run exactly: refused, unless restart_optimizer accepts fresh Adam moments."""
-    from .train import TrainConfig  # train imports this module
-
     ckpt_path = find_checkpoint(path)
     ckpt = read_checkpoint(ckpt_path)
     if not ckpt.train or "seed" not in ckpt.train:

@@ -26,7 +26,7 @@ RUN_FILES = (CKPT_NAME, METRICS_NAME, SETTINGS_NAME, TENSORBOARD_NAME)  # what -
 # The model and data options of `vlae train`, fixed for the life of a run (a resumed run takes them from
 # its checkpoint), as the command line spells them.
 MODEL_OPTIONS = ("model", "layers", "latent_dim", "likelihood", "join", "batch_size", "warmup", "seed",
-                 "train_limit", "image_size", "grayscale", "rgb", "svhn_extra")
+                 "train_limit", "image_size", "grayscale", "rgb", "svhn_extra", "precision")
 
 
 @dataclass
@@ -107,7 +107,7 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
     Fresh: the data set's model defaults (models.default_config), the model's own learning rate.
     Refused: --join for a model without one; model or data options together with --resume; a checkpoint
     without optimizer state (unless restart_optimizer). train() refuses a run folder holding another run."""
-    from .train import TrainConfig  # train imports this module
+    from .config import TrainConfig
 
     o = dict(options)
     if o.get("grayscale") and o.get("rgb"):
@@ -124,6 +124,8 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
         model_cfg, cfg, start = plan_resume(resume, dataset, restart_optimizer=restart_optimizer, **overrides)
         if o.get("kernels") is not None:
             cfg.kernels = o["kernels"]
+        if o.get("compile") is not None:  # how the step runs, not what it computes: a resumed run may change it
+            cfg.compile = o["compile"]
         run_dir = Path(out) if out is not None else Path(start.path).parent
         return RunPlan(model_cfg, cfg, start, run_dir)  # train() checks run_dir (on rank 0 alone, under torchrun)
 
@@ -147,7 +149,8 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
                       log_every=o.get("log_every") or d.log_every,
                       data_dir=str(o["data_dir"]) if o.get("data_dir") else None,
                       train_limit=o.get("train_limit"), eval_limit=o.get("eval_limit"),
-                      grad_clip=o.get("grad_clip") or 0.0, kernels=o.get("kernels"), data_options=opts)
+                      grad_clip=o.get("grad_clip") or 0.0, kernels=o.get("kernels"), data_options=opts,
+                      compile=bool(o.get("compile")), precision=o.get("precision") or d.precision)
     return RunPlan(model_cfg, cfg, None, run_dir)
 
 
@@ -164,7 +167,8 @@ def settings_of(model_cfg, cfg: TrainConfig) -> dict:
          "data-dir": cfg.data_dir, "train-limit": cfg.train_limit, "eval-limit": cfg.eval_limit,
          "kernels": cfg.kernels, "image-size": cfg.data_options.get("image_size"),
          "grayscale": cfg.data_options.get("color") == "grayscale" or None,
-         "rgb": cfg.data_options.get("color") == "rgb" or None, "svhn-extra": cfg.data_options.get("extra")}
+         "rgb": cfg.data_options.get("color") == "rgb" or None, "svhn-extra": cfg.data_options.get("extra"),
+         "compile": cfg.compile or None, "precision": cfg.precision}
     return {k: v for k, v in s.items() if v is not None}
 
 

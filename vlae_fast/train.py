@@ -10,44 +10,24 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import distributed, guards, resume, rundir
+from . import guards, resume, rundir
 from .checkpoint import CKPT_NAME, Checkpoint, save_checkpoint
+from .config import TrainConfig
 from .data import ImageSet, load_dataset
+from .distributed import Processes
 from .errors import ConfigError
 from .kernels import set_backend
 from .models import build_model
 from .progress import progress_bar, status
 from .tblog import TensorBoardLog, require_tensorboard
 
-
-@dataclass
-class TrainConfig:
-    dataset: str = "mnist"
-    steps: int = 4000  # ~0.33 s/step on 2 CPU cores (~22 min); the 2-d MNIST levels have formed by then
-    batch_size: int = 100  # authors' code
-    lr: float = 2e-4  # Adam, authors' code
-    warmup: float | None = None  # KL weight rises linearly 0 -> 1 over these steps (<= steps); None = steps / 2; 0 = none
-    seed: int = 0
-    device: str = "auto"  # auto = cuda if available, else cpu
-    save_every: int = 1000  # steps between checkpoints (0 = only at the end)
-    log_every: int = 50  # steps between metrics.jsonl lines
-    data_dir: str | None = None
-    train_limit: int | None = None  # use only the first N training images (quick runs, tests)
-    eval_limit: int | None = None  # evaluate on only the first N test images
-    kernels: str | None = None  # auto | triton | torch; None = keep the library's choice ($VLAE_KERNELS, else auto)
-    noise_seed: int | None = None  # draw the training noise eps on the CPU from this seed, the same on every kernel path
-    data_options: dict = field(default_factory=dict)  # loader options (folder: image_size, color; svhn: extra)
-    grad_clip: float = 0.0  # max global gradient norm; 0 = off (the authors do not clip)
-
-    def __post_init__(self):
-        if self.warmup is None:  # fixed now, so a resumed run with more --steps keeps the same schedule
-            self.warmup = self.steps / 2
+STOP_POLL = 10  # under DDP, steps between checks for a stop request (each check all-reduces and syncs)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,13 +40,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def explicit_noise(seed: int, step: int, rank: int, n: int, dims, device: torch.device) -> list[torch.Tensor]:
-    """The z noise of `step` drawn on the CPU from (seed, step, rank) alone: one [n, d_l] draw per level.
+def explicit_noise(seed: int, step: int, n: int, dims, device: torch.device) -> list[torch.Tensor]:
+    """The z noise of `step`'s global batch drawn on the CPU from (seed, step) alone: one [n, d_l] draw per level.
 
-    The same on every kernel path (so Triton and the reference can be compared step for step), and
-    a pure function of the step, so a resumed run replays it without saving generator state.
+    The same on every kernel path (so Triton and the reference can be compared step for step) and for
+    any number of processes (each takes its shard), and a pure function of the step, so a resumed run
+    replays it without saving generator state.
     """
-    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + rank)
+    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 64)
     return [torch.randn(n, d, generator=g).to(device) for d in dims]
 
 
@@ -75,17 +56,74 @@ def kl_weight(step: int, warmup: float) -> float:
     return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 
+def epoch_permutation(epoch: int, n: int, seed: int) -> torch.Tensor:
+    """The order of the n training images in `epoch`: a permutation drawn on the CPU from (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
 def batch_indices(step: int, n: int, batch_size: int, seed: int, device: torch.device) -> torch.Tensor:
     """The training batch of `step`: a fixed function of (seed, step), so any run can be resumed exactly.
 
-    Each epoch is a fresh permutation of the n images (drawn on the CPU from a generator seeded with
-    the seed and the epoch number); the last incomplete batch of an epoch is dropped.
+    Each epoch is a fresh permutation of the n images (epoch_permutation); the last incomplete batch of
+    an epoch is dropped. The loop draws the same batches through BatchOrder, which builds each epoch's
+    permutation once.
     """
-    per_epoch = n // batch_size
-    epoch, i = divmod(step, per_epoch)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=g)
-    return perm[i * batch_size : (i + 1) * batch_size].to(device)
+    epoch, i = divmod(step, n // batch_size)
+    return epoch_permutation(epoch, n, seed)[i * batch_size : (i + 1) * batch_size].to(device)
+
+
+class BatchOrder:
+    """batch_indices(step, ...) for consecutive steps: the permutation is drawn once per epoch and copied to
+    the device once, so a step only slices it there (no per-step permutation, no host-to-device copy)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device):
+        self.n, self.batch_size, self.seed, self.device = n, batch_size, seed, device
+        self.epoch, self.perm = -1, None
+
+    def __call__(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.n // self.batch_size)
+        if epoch != self.epoch:
+            self.epoch, self.perm = epoch, epoch_permutation(epoch, self.n, self.seed).to(self.device)
+        return self.perm[i * self.batch_size : (i + 1) * self.batch_size]
+
+
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam with the fused (one-kernel) update: faster than the per-parameter loop (bench/README.md), and it
+    skips the whole update, moments and step count included, when its `found_inf` flag is set (guards.py)."""
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+
+def keep_fused(optimizer: torch.optim.Optimizer) -> None:
+    """After loading a checkpoint written before the fused update (its param_groups say fused=False and its
+    step counts live on the CPU): make the optimizer fused again, with its step counts beside the weights."""
+    for group in optimizer.param_groups:
+        group.update(fused=True, foreach=None)
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "step" in state:
+                state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+
+
+def make_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, guard: "guards.NonFiniteGuard",
+              grad_clip: float = 0.0, precision: str = "fp32", compile: bool = False):
+    """The training step: step(x, w, eps) runs forward, backward, the non-finite guard and Adam and returns
+    [loss, recon, KL_1 .. KL_L] (detached, on the device). w: the KL weight as a 0-d tensor (a float would
+    recompile a compiled step whenever it changes). Nothing in it reads the device from the host."""
+    autocast = precision == "bf16"
+
+    def step(x: torch.Tensor, w: torch.Tensor, eps: list[torch.Tensor] | None) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = net(x, eps)
+        recon, kl = out.recon.float().mean(), out.kl.float().mean(0)  # kl: [L]
+        loss = recon + w * kl.sum()  # eq. 14 with the warm-up weight on the KL
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        guard.check(model, loss, grad_clip)  # sets optimizer.found_inf: a non-finite step is skipped on the device
+        optimizer.step()
+        return torch.cat([loss.detach()[None], recon.detach()[None], kl.detach()])
+
+    return torch.compile(step) if compile else step
 
 
 @torch.no_grad()
@@ -132,15 +170,16 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         raise ConfigError(f"--warmup {cfg.warmup:g} must be between 0 and --steps {cfg.steps}, so the run ends on the "
                           "true objective (KL weight 1); lower --warmup or raise --steps")
     device = resolve_device(cfg.device)
-    rank, device = distributed.setup(device)  # one process, or one of torchrun's
-    distributed.check_batch(cfg.batch_size, rank)
-    if rank.main:
+    procs = Processes.start(device)  # this process alone, or one of torchrun's
+    device = procs.device
+    procs.check_batch(cfg.batch_size)
+    if procs.main:
         rundir.check_run_dir(out_dir, overwrite, start.path if start else None)  # before any slow work
     if cfg.kernels is not None:
         set_backend(cfg.kernels)  # ConfigError for an unknown name, or triton where it is missing
     if tensorboard_every:
         require_tensorboard()  # before any slow work
-    show_progress = show_progress and rank.main
+    show_progress = show_progress and procs.main
     torch.manual_seed(cfg.seed)
 
     train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, **cfg.data_options).head(cfg.train_limit)
@@ -152,51 +191,56 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     train_set = train_set.to(device)  # loaded once; batches are drawn by index on the device
 
     model = build_model(model_cfg).to(device)
-    if rank.main:  # rank 0 alone touches the run folder, once nothing before training can fail
+    if procs.main:  # rank 0 alone touches the run folder, once nothing before training can fail
         rundir.start_run_dir(out_dir, overwrite, start.path if start else None)
         rundir.write_settings(out_dir, model_cfg, cfg)
-    tb = TensorBoardLog(out_dir, tensorboard_every) if tensorboard_every and rank.main else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    tb = TensorBoardLog(out_dir, tensorboard_every) if tensorboard_every and procs.main else None
+    net = procs.wrap(model)  # `model` itself for one process; before Adam, as the wrap may swap modules
+    optimizer = make_optimizer(model, cfg.lr)
     train_info = asdict(cfg)
     ckpt_path = out_dir / CKPT_NAME
     first, last_saved = 0, None
     if start is not None:  # after the model is built: its random init is then overwritten
         first = resume.restore(start, model, optimizer, cfg.lr)
+        keep_fused(optimizer)
         last_saved = start.path
-        if rank.main:
+        if procs.main:
             resume.trim_metrics(out_dir / "metrics.jsonl", first)
             resume.remove_stale_temps(ckpt_path)
-    net = distributed.wrap(model, rank, device)  # `model` itself for one process
-    if rank.world > 1 and not (start and distributed.restore_rank_rng(start.rng, rank, device)):
-        torch.manual_seed(cfg.seed * 1_000_003 + first * 1009 + rank.rank + 1)  # every rank its own noise
+    procs.seed(cfg.seed, first, start.rng if start else None)  # every rank its own noise
     resume_hint = f"vlae train {cfg.dataset} --resume {out_dir}"
-    log = open(out_dir / "metrics.jsonl" if rank.main else os.devnull, "a")  # rank 0 alone writes
+    log = open(out_dir / "metrics.jsonl" if procs.main else os.devnull, "a")  # rank 0 alone writes
+    guard = guards.NonFiniteGuard(optimizer, device)
+    step_fn = make_step(net, model, optimizer, guard, cfg.grad_clip, cfg.precision, cfg.compile)
+    order = BatchOrder(len(train_set), cfg.batch_size, cfg.seed, device)
+    w_t = torch.zeros((), device=device)  # the KL weight, refilled each step (no host read, no recompile)
+
+    def check_guard(state: list[float] | None = None) -> None:
+        """Raise the non-finite error if a step since the last check was not finite (state None: a sync point)."""
+        bad = guard.tripped(state)
+        if bad is not None:
+            log.close()
+            raise guards.non_finite(*bad, cfg.lr, cfg.grad_clip, last_saved, resume_hint)
     last: dict = {}
     t0 = time.perf_counter() - (resume.seconds_so_far(start) if start else 0.0)  # the curve's clock goes on
     model.train()
     with progress_bar(show_progress) as bar, guards.StopRequest() as stop:
         task = bar.add_task("train", total=cfg.steps, completed=first, stats="")
         for step in range(first, cfg.steps):
-            idx = batch_indices(step, len(train_set), cfg.batch_size, cfg.seed, device)
-            x = train_set.batch(distributed.shard(idx, rank))  # [B / world, C, H, W]
+            x = train_set.batch(procs.shard(order(step)))  # [B / world, C, H, W]
             w = kl_weight(step, cfg.warmup)
-            eps = None if cfg.noise_seed is None else explicit_noise(cfg.noise_seed, step, rank.rank, len(x),
-                                                                     model_cfg.latent_dims, device)
-            out = net(x, eps)
-            recon, kl = out.recon.mean(), out.kl.mean(0)  # kl: [L]
-            loss = recon + w * kl.sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            bad_norm = guards.clip_and_check(model, loss, cfg.grad_clip)
-            if bad_norm is not None:
-                log.close()
-                raise guards.non_finite(step + 1, loss.item(), bad_norm, cfg.lr, cfg.grad_clip, last_saved, resume_hint)
-            optimizer.step()
+            w_t.fill_(w)
+            guard.step_t.fill_(step + 1)
+            eps = None if cfg.noise_seed is None else [procs.shard(e) for e in explicit_noise(
+                cfg.noise_seed, step, cfg.batch_size, model_cfg.latent_dims, device)]  # the global batch's noise
+            stats = step_fn(x, w_t, eps)  # [loss, recon, KL_1 .. KL_L] on the device
 
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps or done == 1:  # step 1: a first loss to see at once
-                figures = distributed.mean_over_ranks(torch.cat([loss.detach()[None], recon.detach()[None], kl.detach()]), rank)
-                loss_v, recon_v, *kl_list = figures.tolist()  # a CPU-GPU sync point: only every log_every steps
+                figures = procs.mean(stats)
+                values = torch.cat([figures.double(), guard.state]).tolist()  # a CPU-GPU sync point: only on log steps
+                check_guard(values[-4:])
+                loss_v, recon_v, *kl_list = values[:-4]
                 last = {"step": done, "loss": loss_v, "recon": recon_v, "kl": kl_list,
                         "kl_weight": w, "seconds": round(time.perf_counter() - t0, 2)}
                 log.write(json.dumps(last) + "\n")
@@ -206,10 +250,13 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                 if tb is not None:
                     tb.log(last, model)
             bar.update(task, completed=done)
-            stopping = distributed.any_rank(stop.requested, rank, device)  # all ranks stop at the same step
+            stopping = stop.requested  # a Python flag: free for one process
+            if procs.world > 1:  # all ranks stop at the same step; the all-reduce syncs, so poll every STOP_POLL steps
+                stopping = (done % STOP_POLL == 0 or done == cfg.steps) and procs.any(stopping)
             if (cfg.save_every and done % cfg.save_every == 0 or stopping) and done < cfg.steps:
-                rng = distributed.rng_states(rank, device, resume.rng_state())  # every rank's, gathered
-                if rank.main:
+                check_guard()  # never save weights after a non-finite step
+                rng = procs.rng_states(resume.rng_state())  # every rank's, gathered
+                if procs.main:
                     save_checkpoint(ckpt_path, model, optimizer=optimizer, step=done, train=train_info,
                                     metrics={"train": last}, rng=rng)
                 last_saved = str(ckpt_path)
@@ -217,14 +264,14 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                 log.close()
                 if tb is not None:
                     tb.close()
-                distributed.teardown(rank)
+                procs.close()
                 raise stop.stopped(done, cfg.steps, str(ckpt_path), resume_hint)
     seconds = time.perf_counter() - t0
-    rng = distributed.rng_states(rank, device, resume.rng_state())  # before evaluate() reseeds
-    if not rank.main:
+    rng = procs.rng_states(resume.rng_state())  # before evaluate() reseeds
+    if not procs.main:
         log.close()
-        distributed.teardown(rank)
-        return {"rank": rank.rank}
+        procs.close()
+        return {"rank": procs.rank}
     with guards.StopRequest():  # all steps are done: a Ctrl-C now waits for the final checkpoint
         with status(f"evaluate on {len(test_set)} test images", show_progress):
             result = evaluate(model, test_set, seed=cfg.seed)
@@ -235,6 +282,6 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         log.close()
         save_checkpoint(ckpt_path, model, optimizer=optimizer, step=cfg.steps, train=train_info,
                         metrics={"train": last, "test": result}, rng=rng)
-    distributed.teardown(rank)
+    procs.close()
     result["checkpoint"] = str(ckpt_path)
     return result

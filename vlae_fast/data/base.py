@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..paths import cache_root
+
 
 @dataclass
 class ImageSet:
@@ -49,8 +51,7 @@ class ImageSet:
 
 def default_data_root() -> Path:
     """The user cache directory where data sets are looked for (and downloaded to) by default."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "vlae-fast" / "data"
+    return cache_root() / "data"
 
 
 def resolve_data_dir(name: str, data_dir: str | Path | None) -> tuple[Path, str]:

@@ -17,13 +17,13 @@ One departure: the authors' u_l opens with the stride-2 layer; ours is g_l's exa
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .blocks import GaussianHead, act, fc_bn
-from .likelihood import DEFAULT_SCALE, check_image_model_config
+from .config import ModelConfig
 from .vlae import FlatPriorLadder
 
 # Per convolutional level: its layers as (out_channels, stride); every kernel is 4x4.
@@ -55,20 +55,21 @@ def conv4_bn(c_in: int, c_out: int, stride: int, transpose: bool = False) -> nn.
 
 
 @dataclass
-class ConvVLAEConfig:
+class ConvVLAEConfig(ModelConfig):
     model: str = "conv_vlae"
     dataset: str = "svhn"
     image_shape: tuple[int, int, int] = (3, 32, 32)  # C, H, W
     latent_dims: tuple[int, ...] = (5, 5, 5, 10)  # d_l bottom first; authors' SVHN (CelebA: 4 x 10)
     arch: str = "auto"  # medium (SVHN) or large (CelebA); auto = medium up to 32 pixels, else large
     hidden: int = 1024  # width of the fully-connected blocks of the top level (authors' cs[-1])
-    output: str = "gaussian"  # r(x; .): the paper's fixed-variance Gaussian; or laplace / bernoulli
     output_scale: float | None = None  # None = authors' error_scale 16 for gaussian, else DEFAULT_SCALE
     join: str = "concat"  # eq. 11: channel-wise concatenation (the only join of this model)
-    extra: dict = field(default_factory=dict)  # free-form notes kept in the checkpoint
+
+    def default_scale(self) -> float | None:
+        return CONV_GAUSSIAN_SCALE if self.output == "gaussian" else super().default_scale()
 
     def __post_init__(self):
-        check_image_model_config(self)
+        super().__post_init__()
         C, H, W = self.image_shape
         if self.arch == "auto":
             self.arch = "medium" if max(H, W) <= 32 else "large"
@@ -76,8 +77,6 @@ class ConvVLAEConfig:
             raise ValueError(f"arch must be one of {sorted(ARCHS)} or auto; got {self.arch!r}")
         if self.join != "concat":
             raise ValueError(f"the convolutional VLAE joins levels by concatenation (eq. 11) only; got join={self.join!r}")
-        if self.output_scale is None:
-            self.output_scale = CONV_GAUSSIAN_SCALE if self.output == "gaussian" else DEFAULT_SCALE[self.output]
         n_conv = len(ARCHS[self.arch])
         if not 2 <= self.layers <= n_conv + 1:
             raise ValueError(f"the {self.arch} architecture has 2 to {n_conv + 1} levels; got {self.layers}")
@@ -85,13 +84,6 @@ class ConvVLAEConfig:
         if H % down or W % down:
             raise ValueError(f"the {self.arch} architecture with {self.layers} levels needs height and width "
                              f"divisible by {down}; got {H}x{W} (choose --image-size accordingly)")
-
-    @property
-    def layers(self) -> int:
-        return len(self.latent_dims)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class ConvVLAE(FlatPriorLadder):

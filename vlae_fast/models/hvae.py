@@ -15,7 +15,7 @@ reparameterization z_l = mu_l(z_{l+1}) + sigma_l(z_{l+1}) * eps_l drives the tra
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -24,36 +24,27 @@ from vlae_fast.kernels import reparam_kl
 
 from .base import LatentModel, Output, gaussian_log_density
 from .blocks import GaussianHead, conv_bn, deconv_bn, fc_bn
-from .likelihood import DEFAULT_SCALE, check_image_model_config, neg_log_likelihood
+from .config import ModelConfig
+from .likelihood import neg_log_likelihood
 
 
 @dataclass
-class HVAEConfig:
+class HVAEConfig(ModelConfig):
     model: str = "hvae"
-    dataset: str = "mnist"
     image_shape: tuple[int, int, int] = (1, 28, 28)  # C, H, W; H and W divisible by 4
     latent_dims: tuple[int, ...] = (2, 2, 2)  # d_l bottom first; the paper's Figure 2-3 model has 3 levels
     channels: tuple[int, int] = (64, 128)  # widths of f_0's transposed convolutions (and of q(z_1|x)'s convs)
     hidden: int = 1024  # width of the two dense layers of every f_l and of their inference mirrors
     output: str = "gaussian"  # p(x | z_1): appendix B.1's Gaussian; or laplace / bernoulli
-    output_scale: float | None = None  # sigma (gaussian) or b (laplace); None = DEFAULT_SCALE[output]
     learn_scale: bool = False  # B.1: sigma is "specified a priori or trained"; True trains log sigma
-    extra: dict = field(default_factory=dict)  # free-form notes kept in the checkpoint
+
+    DIVISIBLE_BY = 4  # q(z_1 | x)'s two stride-2 convolutions
 
     def __post_init__(self):
-        check_image_model_config(self, divisible_by=4)
+        super().__post_init__()
         self.channels = tuple(int(c) for c in self.channels)
-        if self.output_scale is None:
-            self.output_scale = DEFAULT_SCALE[self.output]
         if self.learn_scale and self.output != "gaussian":
             raise ValueError(f"learn_scale trains the Gaussian's sigma; output {self.output!r} has none to train")
-
-    @property
-    def layers(self) -> int:
-        return len(self.latent_dims)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class HVAE(LatentModel):

@@ -29,18 +29,3 @@ def neg_log_likelihood(x: Tensor, logits: Tensor, output: str, scale: float | No
             raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}")
     return nll.flatten(1).sum(1)
 
-
-def check_image_model_config(cfg, divisible_by: int = 1) -> None:
-    """Checks every model config shares: tuples for image_shape / latent_dims, a known output
-    distribution, one positive code width per level, and (for the models whose two stride-2 layers
-    halve the image twice) height and width divisible by `divisible_by`. ValueError says which value."""
-    cfg.image_shape = tuple(int(s) for s in cfg.image_shape)
-    cfg.latent_dims = tuple(int(d) for d in cfg.latent_dims)
-    if cfg.output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}; got {cfg.output!r}")
-    if not cfg.latent_dims or min(cfg.latent_dims) < 1:
-        raise ValueError(f"latent_dims needs one positive width per level; got {cfg.latent_dims}")
-    C, H, W = cfg.image_shape
-    if H % divisible_by or W % divisible_by:
-        raise ValueError(f"image height and width must be divisible by {divisible_by}; got {H}x{W}")
-

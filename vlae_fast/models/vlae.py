@@ -13,7 +13,7 @@ deeper the higher l is. f_L and u_l are 1024-unit blocks with ReLU; u_1 maps str
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -22,36 +22,25 @@ from vlae_fast.kernels import reparam_kl_multi
 
 from .base import LatentModel, Output, gaussian_log_density
 from .blocks import GaussianHead, LadderJoin, conv_bn, deconv_bn, fc_bn
-from .likelihood import DEFAULT_SCALE, check_image_model_config, neg_log_likelihood
+from .config import ModelConfig
+from .likelihood import neg_log_likelihood
 
 
 @dataclass
-class VLAEConfig:
+class VLAEConfig(ModelConfig):
     model: str = "vlae"
-    dataset: str = "mnist"
     image_shape: tuple[int, int, int] = (1, 28, 28)  # C, H, W; H and W divisible by 4
     latent_dims: tuple[int, ...] = (2, 2, 2)  # d_l bottom first; authors' MNIST: 3 levels x 2-d
     channels: tuple[int, int] = (64, 128)  # widths of g_1's two convolutions (authors' cs[1:3])
-    hidden: int = 1024  # width of every fully-connected block (authors' cs[3])
-    output: str = "gaussian"  # r(x; .): the paper's fixed-variance Gaussian; or laplace / bernoulli
-    output_scale: float | None = None  # sigma (gaussian) or b (laplace); None = DEFAULT_SCALE[output]
     join: str = "concat"  # eq. 11's concatenation; 'gated_add' = the authors' MNIST code
-    extra: dict = field(default_factory=dict)  # free-form notes kept in the checkpoint
+
+    DIVISIBLE_BY = 4  # g_1's two stride-2 convolutions
 
     def __post_init__(self):
-        check_image_model_config(self, divisible_by=4)
+        super().__post_init__()
         self.channels = tuple(int(c) for c in self.channels)
         if self.join not in ("concat", "gated_add"):
             raise ValueError(f"join must be 'concat' or 'gated_add'; got {self.join!r}")
-        if self.output_scale is None:
-            self.output_scale = DEFAULT_SCALE[self.output]
-
-    @property
-    def layers(self) -> int:
-        return len(self.latent_dims)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class FlatPriorLadder(LatentModel):

@@ -1,0 +1,40 @@
+"""bench/train_step.py runs end to end on a CPU (one timed step), lists the CUDA-only variants as skipped
+with the reason, and its plain baseline does not import the library."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_plain_baseline_does_not_import_the_library():
+    code = ("import sys; sys.path.insert(0, 'bench'); import plain_vlae; "
+            "bad = [m for m in sys.modules if m.startswith('vlae_fast')]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_train_step_bench_writes_rows_and_skips_what_the_device_lacks(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)  # the interpreter is never timed
+    cmd = [sys.executable, "bench/train_step.py", "--cases", "mnist-b100", "--steps", "2", "--warmup", "1",
+           "--variants", "eager-plain,lib-default,lib-triton,lib-cudagraph", "--no-memory", "--sgemm", "256",
+           "--device", "cpu", "--out", str(tmp_path)]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    [path] = tmp_path.glob("cpu-*-train.json")
+    result = json.loads(path.read_text())
+    assert result["cpu"]["model"] and result["torch"] and len(result["loadavg_before"]) == 3
+    rows = {r["variant"]: r for r in result["cases"][0]["rows"]}
+    assert rows["lib-triton"]["skipped"].startswith("skipped: no CUDA")
+    assert rows["lib-cudagraph"]["skipped"].startswith("skipped: no CUDA")
+    plain, lib = rows["eager-plain"], rows["lib-default"]
+    assert plain["speedup_vs_plain"] == 1.0 and lib["steps"] == 2 and 0 < lib["frac_sgemm"]
+    assert lib["gflops"] * lib["median_ms"] == pytest_approx(result["cases"][0]["flops_per_step"] / 1e6)
+    assert "| mnist-b100 | lib-triton | skipped: no CUDA" in p.stdout
+
+
+def pytest_approx(x):
+    import pytest
+    return pytest.approx(x, rel=1e-6)

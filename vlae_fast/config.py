@@ -1,0 +1,37 @@
+"""One training run's options: what `vlae train` parses, train() reads, and a checkpoint stores (its
+`train` metadata), so that resume.plan_resume can rebuild them without importing the training loop."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "mnist"
+    steps: int = 4000  # ~0.33 s/step on 2 CPU cores (~22 min); the 2-d MNIST levels have formed by then
+    batch_size: int = 100  # authors' code
+    lr: float = 2e-4  # Adam, authors' code
+    warmup: float | None = None  # KL weight rises linearly 0 -> 1 over these steps (<= steps); None = steps / 2; 0 = none
+    seed: int = 0
+    device: str = "auto"  # auto = cuda if available, else cpu
+    save_every: int = 1000  # steps between checkpoints (0 = only at the end)
+    log_every: int = 50  # steps between metrics.jsonl lines
+    data_dir: str | None = None
+    train_limit: int | None = None  # use only the first N training images (quick runs, tests)
+    eval_limit: int | None = None  # evaluate on only the first N test images
+    kernels: str | None = None  # auto | triton | torch; None = keep the library's choice ($VLAE_KERNELS, else auto)
+    noise_seed: int | None = None  # draw the training noise eps on the CPU from this seed, the same on every kernel path
+    data_options: dict = field(default_factory=dict)  # loader options (folder: image_size, color; svhn: extra)
+    grad_clip: float = 0.0  # max global gradient norm; 0 = off (the authors do not clip)
+    compile: bool = False  # torch.compile the step; off by default: see bench/README.md for when it pays
+    precision: str = "fp32"  # fp32 | bf16 (autocast); fp32 by default: see bench/README.md
+
+    def __post_init__(self):
+        if self.warmup is None:  # fixed now, so a resumed run with more --steps keeps the same schedule
+            self.warmup = self.steps / 2
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
