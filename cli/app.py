@@ -13,6 +13,7 @@ from rich.console import Console
 
 from vlae_fast import distributed, generate, gibbs as gibbs_lib
 from vlae_fast.checkpoint import load_model
+from vlae_fast.cli.evaluate import compare as compare_cmd, eval_run as eval_cmd
 from vlae_fast.classifier import load_classifier, quality_scores
 from vlae_fast.data import data_options, image_shape_of, load_for_checkpoint
 from vlae_fast.errors import TrainingStopped, VlaeError
@@ -287,6 +288,10 @@ def evaluate(
     out.print(f"{split} ELBO {r['elbo']:.2f} nats/image  (-log r(x|z) {r['recon_nll']:.2f}, KL per level [{kl}])")
     out.print(f"{split} reconstruction error: {r['mse']:.5f} mean squared error per pixel  "
               f"({r['images']} images, checkpoint at step {info.step})")
+
+
+app.command("eval")(eval_cmd)
+app.command("compare")(compare_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,88 @@
+"""`vlae eval` and `vlae compare`: thin Typer commands over vlae_fast.eval (registered in cli/app.py)."""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from vlae_fast.errors import VlaeError
+from vlae_fast.eval import compare as compare_lib
+from vlae_fast.eval.probes import PROBE_IMAGES
+from vlae_fast.eval.report import print_report, write_json
+from vlae_fast.eval.run import evaluate_checkpoint, write_markdown
+
+out = Console()
+
+
+def _fail(e: Exception) -> typer.Exit:
+    from vlae_fast.cli.app import fail  # the one error printer; imported late, app imports this module
+
+    return fail(e)
+
+
+def _check_out(path: Optional[Path], suffix: str, option: str) -> None:
+    if path is None:
+        return
+    if path.suffix != suffix:
+        raise typer.BadParameter(f"{option} {path}: give a {suffix} file name")
+    if not path.parent.is_dir():
+        raise typer.BadParameter(f"{option} {path}: folder {path.parent} does not exist")
+
+
+def eval_run(
+    ckpt: Path = typer.Argument(..., help="A ckpt.safetensors written by `vlae train`.", show_default=False),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the data set's files (default: the run's, else $VLAE_DATA_DIR, else the user cache)."),
+    split: str = typer.Option("test", help="Split to evaluate: test or train (the probes are always fitted on training images)."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="Write every number as JSON here (format in docs/eval.md)."),
+    md: Optional[Path] = typer.Option(None, "--md", help="Write a markdown report here, with each level's traversal PNG beside it."),
+    iw: int = typer.Option(0, "--iw", help="Importance samples K for the IW bound (0 = off). Costs K forward passes per image: "
+                           "see docs/eval.md for CPU times; pair a large K with --limit."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate on only the first N images of the split."),
+    probe_images: int = typer.Option(PROBE_IMAGES, help="Training images the label probes are fitted on (the first N)."),
+    seed: int = typer.Option(0, help="Seed of every random draw (z samples, dequantization, grids)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Recompute the part `vlae train` stored in the checkpoint."),
+    classifier: Optional[Path] = typer.Option(None, help="The MNIST classifier file for the class factor (default: the user cache; trained once if missing)."),
+    device: str = typer.Option("auto", help="auto (cuda if available), cpu or cuda[:N]."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """What each level learned and how good the model is: ELBO and KL per level, IW bound (--iw), bits/dim,
+    active units, label probes, variation shares, image factors and Figure 5's claims (docs/eval.md)."""
+    _check_out(out_path, ".json", "--out")
+    _check_out(md, ".md", "--md")
+    try:
+        report, model = evaluate_checkpoint(ckpt, data_dir=data_dir, split=split, limit=limit, iw=iw, seed=seed,
+                                            probe_images=probe_images, classifier_path=classifier, fresh=fresh,
+                                            device=device, show_progress=progress)
+        written = [write_json(report, out_path)] if out_path else []
+        written += [write_markdown(report, model, md, seed)] if md else []
+    except VlaeError as e:
+        raise _fail(e)
+    print_report(report, out)
+    for path in written:
+        out.print(f"wrote {path}", highlight=False)
+
+
+def compare(
+    runs: List[Path] = typer.Argument(..., help="Reports (.json from `vlae eval --out`) or checkpoints (ckpt.safetensors, or run folders).", show_default=False),
+    md: Optional[Path] = typer.Option(None, "--md", help="Write the table as markdown here."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for checkpoints whose numbers must be computed."),
+    classifier: Optional[Path] = typer.Option(None, help="The MNIST classifier file (default: the user cache)."),
+    device: str = typer.Option("auto", help="auto (cuda if available), cpu or cuda[:N]."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Several runs side by side: likelihood, per-level numbers, factor shares, and each claim's verdict as a row."""
+    _check_out(md, ".md", "--md")
+    try:
+        reports = [compare_lib.load_any(p, data_dir=data_dir, classifier_path=classifier, device=device,
+                                        show_progress=progress) for p in runs]
+        if md:
+            md.write_text(compare_lib.markdown(reports, "vlae " + shlex.join(sys.argv[1:])))
+    except VlaeError as e:
+        raise _fail(e)
+    compare_lib.print_table(reports, out)
+    if md:
+        out.print(f"wrote {md}", highlight=False)
