@@ -12,7 +12,7 @@ from rich.console import Console
 from vlae_fast.errors import VlaeError
 from vlae_fast.eval import compare as compare_lib
 from vlae_fast.eval.probes import PROBE_IMAGES
-from vlae_fast.eval.report import print_report, write_json
+from vlae_fast.eval.report import check_output, print_report, write_json
 from vlae_fast.eval.run import evaluate_checkpoint, write_markdown
 
 out = Console()
@@ -22,15 +22,6 @@ def _fail(e: Exception) -> typer.Exit:
     from vlae_fast.cli.app import fail  # the one error printer; imported late, app imports this module
 
     return fail(e)
-
-
-def _check_out(path: Optional[Path], suffix: str, option: str) -> None:
-    if path is None:
-        return
-    if path.suffix != suffix:
-        raise typer.BadParameter(f"{option} {path}: give a {suffix} file name")
-    if not path.parent.is_dir():
-        raise typer.BadParameter(f"{option} {path}: folder {path.parent} does not exist")
 
 
 def eval_run(
@@ -51,9 +42,9 @@ def eval_run(
 ) -> None:
     """What each level learned and how good the model is: ELBO and KL per level, IW bound (--iw), bits/dim,
     active units, label probes, variation shares, image factors and Figure 5's claims (docs/eval.md)."""
-    _check_out(out_path, ".json", "--out")
-    _check_out(md, ".md", "--md")
     try:
+        check_output(out_path, ".json", "--out")
+        check_output(md, ".md", "--md")
         report, model = evaluate_checkpoint(ckpt, data_dir=data_dir, split=split, limit=limit, iw=iw, seed=seed,
                                             probe_images=probe_images, classifier_path=classifier, fresh=fresh,
                                             device=device, show_progress=progress)
@@ -75,8 +66,8 @@ def compare(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Several runs side by side: likelihood, per-level numbers, factor shares, and each claim's verdict as a row."""
-    _check_out(md, ".md", "--md")
     try:
+        check_output(md, ".md", "--md")
         reports = [compare_lib.load_any(p, data_dir=data_dir, classifier_path=classifier, device=device,
                                         show_progress=progress) for p in runs]
         if md:

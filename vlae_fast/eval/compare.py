@@ -11,8 +11,8 @@ from .report import load_report, markdown_table
 
 
 def load_any(path: str | Path, **eval_options) -> dict:
-    """A report from a JSON file written by `vlae eval --out`, or built from a checkpoint (its stored
-    compact part where it has one; eval_options as evaluate_checkpoint takes them)."""
+    """A report from a JSON file written by `vlae eval --out`, or built from a checkpoint (or run folder):
+    the compact part its run stored, whatever its settings, else computed; eval_options as evaluate_checkpoint takes them."""
     path = Path(path)
     if path.suffix == ".json":
         return load_report(path)
@@ -20,7 +20,7 @@ def load_any(path: str | Path, **eval_options) -> dict:
         path = path / "ckpt.safetensors"
     from .run import evaluate_checkpoint
 
-    return evaluate_checkpoint(path, **eval_options)[0]
+    return evaluate_checkpoint(path, stored_any=True, **eval_options)[0]
 
 
 def run_name(report: dict) -> str:

@@ -3,6 +3,7 @@ on the terminal and the markdown report."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from rich import box
@@ -93,6 +94,19 @@ def load_report(path: str | Path) -> dict:
         raise ConfigError(f"{path}: report format {fmt!r}, this version reads {FORMAT!r}; "
                           "run `vlae eval` on its checkpoint again")
     return report
+
+
+def check_output(path: str | Path | None, suffix: str, option: str) -> None:
+    """Fail before any work if an output file has the wrong suffix or its folder is missing or read-only."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        raise ConfigError(f"{option} {path}: use a file name ending in {suffix}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{option} {path}: folder {path.parent} does not exist; create it or choose another")
+    if path.is_dir() or not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{option} {path}: not writable; choose another path")
 
 
 def write_json(report: dict, path: str | Path) -> Path:

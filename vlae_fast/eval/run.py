@@ -17,7 +17,7 @@ from .. import generate
 from .levels import factor_shares, grid_for, variation_shares
 from .likelihood import evaluate, iw_bound
 from .probes import PROBE_IMAGES, active_units, label_probes, posterior_means, sklearn_missing
-from .report import COMPACT_FORMAT, assemble, markdown
+from .report import COMPACT_FORMAT, assemble, check_output, markdown
 
 GIBBS_CHAINS, GIBBS_STEPS = 100, 100  # `vlae gibbs`' defaults (Figure 2)
 DIGIT_SHAPE = (1, 28, 28)  # images the cached MNIST classifier reads
@@ -73,11 +73,12 @@ def _classifier(model: LatentModel, classifier_path, data_dir, show_progress: bo
 
 def evaluate_checkpoint(ckpt_path: str | Path, *, data_dir: str | Path | None = None, split: str = "test",
                         limit: int | None = None, iw: int = 0, seed: int = 0, probe_images: int = PROBE_IMAGES,
-                        classifier_path: str | Path | None = None, fresh: bool = False, device: str = "cpu",
-                        show_progress: bool = True) -> tuple[dict, LatentModel]:
+                        classifier_path: str | Path | None = None, fresh: bool = False, stored_any: bool = False,
+                        device: str = "cpu", show_progress: bool = True) -> tuple[dict, LatentModel]:
     """The full report of a checkpoint (report.FORMAT) and its model. The compact part comes from the
-    checkpoint's metadata when it answers the same request (and not `fresh`); the IW bound (iw > 0), image
-    factors, claims and the Figure 2 numbers (models with a Markov bottom level) are computed here."""
+    checkpoint's metadata when it answers the same request (stored_any: whatever request it answered, with
+    its split, limit and seed; never when `fresh`); the IW bound (iw > 0), image factors, claims and the
+    Figure 2 numbers (models with a Markov bottom level) are computed here."""
     from ..train import resolve_device  # lazily: train imports this package
 
     if split not in ("train", "test"):
@@ -98,6 +99,8 @@ def evaluate_checkpoint(ckpt_path: str | Path, *, data_dir: str | Path | None = 
         return cache[which]
 
     stored = (info.metrics or {}).get("eval")
+    if stored_any and isinstance(stored, dict) and stored.get("format") == COMPACT_FORMAT:  # take its settings
+        split, limit, seed, probe_images = (stored[k] for k in ("split", "limit", "seed", "probe_images"))
     if not fresh and reusable(stored, split, limit, seed, probe_images):
         part = {**stored, "source": f"checkpoint metadata (step {info.step})"}
     else:
@@ -127,10 +130,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, *, data_dir: str | Path | None = 
 def write_markdown(report: dict, model: LatentModel, path: str | Path, seed: int = 0, steps: int = 10) -> Path:
     """The markdown report at `path`, with each level's traversal (generate.traverse) as PATH-stem-levelK.png beside it."""
     path = Path(path)
-    if path.suffix != ".md":
-        raise ConfigError(f"--md {path}: give a .md file name")
-    if not path.parent.is_dir():
-        raise ConfigError(f"--md {path}: folder {path.parent} does not exist; create it or choose another")
+    check_output(path, ".md", "--md")
     pictures = []
     for layer in range(1, len(model.latent_dims) + 1):
         png = path.with_name(f"{path.stem}-level{layer}.png")
