@@ -189,7 +189,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         distributed.teardown(rank)
         return {"rank": rank.rank}
     with guards.StopRequest():  # all steps are done: a Ctrl-C now waits for the final checkpoint
-        result = evaluate(model, test_set, seed=cfg.seed)
+        result = evaluate(model, test_set, seed=cfg.seed, discrete=True)
         summary = eval_compact(model, train_set, test_set, cfg.seed, limit=cfg.eval_limit, likelihood=dict(result))
         result.update(train_seconds=round(seconds, 1), steps=cfg.steps, device=str(device))
         log.write(json.dumps({"step": cfg.steps, "test": result}) + "\n")

@@ -94,20 +94,20 @@ def _batches(data: ImageSet, batch_size: int, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model: LatentModel, data: ImageSet, batch_size: int = 500, seed: int = 0) -> dict:
+def evaluate(model: LatentModel, data: ImageSet, batch_size: int = 500, seed: int = 0, discrete: bool = False) -> dict:
     """Figures of a data split with KL weight 1, one z sample per image drawn from a generator of its own
     (the caller's random stream is left as it was):
 
     elbo: mean over images of log r(x | z) - sum_l KL_l, nats per image (eq. 14 / eq. 5), on x as stored;
     recon_nll: mean -log r(x | z); kl: mean KL per level, bottom first; mse: squared error per pixel of
-    the mean image; discrete_elbo: the bound on log P of the discrete image (None where r has none), from
-    one more pass over the `discrete` input (see the module docstring); images: how many.
+    the mean image; images: how many. With `discrete`, one more pass gives discrete_elbo, the bound on
+    log P of the discrete image (None where r has none), and `discrete`, its input (module docstring).
     """
     was_training = model.training
     model.eval()
     dev = model.device
     g = _generator(seed)
-    how = discrete_input(model.cfg.output, is_binary(data))
+    how = discrete_input(model.cfg.output, is_binary(data)) if discrete else None
     dims = data.x[0].numel()
     recon_sum, sse, kl_sum, disc_sum = 0.0, 0.0, None, 0.0
     for x in _batches(data, batch_size, dev):

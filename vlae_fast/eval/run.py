@@ -29,7 +29,7 @@ def compact(model: LatentModel, fit_set: ImageSet | None, data: ImageSet, seed: 
     `probe_images` of fit_set): what `vlae train` stores in the checkpoint, seconds on a CPU for MNIST.
     likelihood: evaluate()'s result if already computed; limit: how `data` was cut (None = whole split)."""
     t0 = time.perf_counter()
-    lik = likelihood if likelihood is not None else evaluate(model, data, seed=seed)
+    lik = likelihood if likelihood is not None else evaluate(model, data, seed=seed, discrete=True)
     mus, labels = posterior_means(model, data)
     au = active_units(mus)
     probes, notes, n_fit = None, [], 0
