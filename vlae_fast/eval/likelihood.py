@@ -94,7 +94,8 @@ def _batches(data: ImageSet, batch_size: int, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model: LatentModel, data: ImageSet, batch_size: int = 500, seed: int = 0, discrete: bool = False) -> dict:
+def evaluate(model: LatentModel, data: ImageSet, batch_size: int = 500, seed: int = 0, discrete: bool = False,
+             show_progress: bool = False) -> dict:
     """Figures of a data split with KL weight 1, one z sample per image drawn from a generator of its own
     (the caller's random stream is left as it was):
 
@@ -110,17 +111,20 @@ def evaluate(model: LatentModel, data: ImageSet, batch_size: int = 500, seed: in
     how = discrete_input(model.cfg.output, is_binary(data)) if discrete else None
     dims = data.x[0].numel()
     recon_sum, sse, kl_sum, disc_sum = 0.0, 0.0, None, 0.0
-    for x in _batches(data, batch_size, dev):
-        eps = [torch.randn(len(x), d, generator=g).to(dev) for d in model.latent_dims]  # the noise of z = mu + sigma * eps
-        out = model(x, eps)
-        recon_sum += out.recon.sum().item()
-        sse += (out.logits.sigmoid() - x).square().sum().item()
-        kl = out.kl.sum(0)
-        kl_sum = kl if kl_sum is None else kl_sum + kl
-        if how is not None:
-            eps = [torch.randn(len(x), d, generator=g).to(dev) for d in model.latent_dims]
-            out = model(to_discrete(x, how, g), eps)
-            disc_sum += -(out.recon + out.kl.sum(1)).sum().item()
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task("ELBO" + (" + discrete-image bound" if how else ""), total=len(data), stats="")
+        for x in _batches(data, batch_size, dev):
+            eps = [torch.randn(len(x), d, generator=g).to(dev) for d in model.latent_dims]  # z = mu + sigma * eps
+            out = model(x, eps)
+            recon_sum += out.recon.sum().item()
+            sse += (out.logits.sigmoid() - x).square().sum().item()
+            kl = out.kl.sum(0)
+            kl_sum = kl if kl_sum is None else kl_sum + kl
+            if how is not None:
+                eps = [torch.randn(len(x), d, generator=g).to(dev) for d in model.latent_dims]
+                out = model(to_discrete(x, how, g), eps)
+                disc_sum += -(out.recon + out.kl.sum(1)).sum().item()
+            bar.update(task, advance=len(x))
     model.train(was_training)
     n = len(data)
     kl = (kl_sum / n).tolist()

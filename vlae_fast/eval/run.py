@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
+from .. import generate
 from ..checkpoint import load_model
 from ..classifier import load_classifier, quality_scores
 from ..data import ImageSet, load_for_checkpoint
 from ..errors import ConfigError
 from ..images import save_images
 from ..models.base import LatentModel
-from .. import generate
 from .levels import factor_shares, grid_for, variation_shares
 from .likelihood import evaluate, iw_bound
 from .probes import PROBE_IMAGES, active_units, label_probes, posterior_means, sklearn_missing
@@ -24,12 +24,14 @@ DIGIT_SHAPE = (1, 28, 28)  # images the cached MNIST classifier reads
 
 
 def compact(model: LatentModel, fit_set: ImageSet | None, data: ImageSet, seed: int = 0,
-            probe_images: int = PROBE_IMAGES, limit: int | None = None, likelihood: dict | None = None) -> dict:
+            probe_images: int = PROBE_IMAGES, limit: int | None = None, likelihood: dict | None = None,
+            show_progress: bool = False) -> dict:
     """ELBO terms, active units, label probes and variation shares of `data` (the probes fitted on the first
     `probe_images` of fit_set): what `vlae train` stores in the checkpoint, seconds on a CPU for MNIST.
     likelihood: evaluate()'s result if already computed; limit: how `data` was cut (None = whole split)."""
     t0 = time.perf_counter()
-    lik = likelihood if likelihood is not None else evaluate(model, data, seed=seed, discrete=True)
+    lik = likelihood if likelihood is not None else evaluate(model, data, seed=seed, discrete=True,
+                                                             show_progress=show_progress)
     mus, labels = posterior_means(model, data)
     au = active_units(mus)
     probes, notes, n_fit = None, [], 0
@@ -104,12 +106,13 @@ def evaluate_checkpoint(ckpt_path: str | Path, *, data_dir: str | Path | None = 
     if not fresh and reusable(stored, split, limit, seed, probe_images):
         part = {**stored, "source": f"checkpoint metadata (step {info.step})"}
     else:
-        part = compact(model, data("train"), data(split).head(limit), seed, probe_images, limit)
+        part = compact(model, data("train"), data(split).head(limit), seed, probe_images, limit,
+                       show_progress=show_progress)
     notes = []
     iw_part = iw_bound(model, data(split).head(limit), iw, seed, show_progress=show_progress) if iw else None
     factors, gibbs = None, None
     if model.cfg.image_shape[0] == 1:
-        clf, note = _classifier(model, classifier_path, data_dir, show_progress)
+        clf, note = _classifier(model, classifier_path, data_dir or info.train.get("data_dir"), show_progress)
         notes += [note] if note else []
         factors = {**factor_shares(model, clf, part["grid"], seed), "grid": part["grid"]}
         if model.GIBBS_ON_Z1 and clf is not None:
