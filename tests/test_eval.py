@@ -268,3 +268,6 @@ def test_claims_verdicts():
     assert [c["holds"] for c in claims(lv[::-1], upside_down)] == [False, False, False, False]
     none = {"ink": [0.0] * 3, "width": [0.0] * 3, "slant": [0.0] * 3, "class": None}  # no variation at all
     assert [c["holds"] for c in claims([{"logreg_acc": None}] * 3, none)] == [False, False]
+    close = {"ink": [0.35, 0.32, 0.33], "width": [0.3, 0.37, 0.33], "slant": [0.3, 0.4, 0.3], "class": [0.33, 0.33, 0.34]}
+    lv_close = [{"logreg_acc": a} for a in (0.595, 0.59, 0.6)]
+    assert [c["holds"] for c in claims(lv_close, close)] == [False, False, False, False]  # leads within the noise
