@@ -31,7 +31,8 @@ def eval_run(
     out_path: Optional[Path] = typer.Option(None, "--out", help="Write every number as JSON here (format in docs/eval.md)."),
     md: Optional[Path] = typer.Option(None, "--md", help="Write a markdown report here, with each level's traversal PNG beside it."),
     iw: int = typer.Option(0, "--iw", help="Importance samples K for the IW bound (0 = off). Costs K forward passes per image: "
-                           "see docs/eval.md for CPU times; pair a large K with --limit."),
+                           "see docs/eval.md for CPU times; pair a large K with --iw-limit."),
+    iw_limit: Optional[int] = typer.Option(None, "--iw-limit", help="Compute the IW bound on only the first N evaluated images (the rest of the report keeps all)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate on only the first N images of the split."),
     probe_images: int = typer.Option(PROBE_IMAGES, help="Training images the label probes are fitted on (the first N)."),
     seed: int = typer.Option(0, help="Seed of every random draw (z samples, dequantization, grids)."),
@@ -45,7 +46,7 @@ def eval_run(
     try:
         check_output(out_path, ".json", "--out")
         check_output(md, ".md", "--md")
-        report, model = evaluate_checkpoint(ckpt, data_dir=data_dir, split=split, limit=limit, iw=iw, seed=seed,
+        report, model = evaluate_checkpoint(ckpt, data_dir=data_dir, split=split, limit=limit, iw=iw, iw_limit=iw_limit, seed=seed,
                                             probe_images=probe_images, classifier_path=classifier, fresh=fresh,
                                             device=device, show_progress=progress)
         written = [write_json(report, out_path)] if out_path else []

@@ -72,6 +72,15 @@ def test_eval_of_a_finished_run_reuses_its_stored_part(tmp_path, tiny_ckpt, mnis
     assert "| level | dims | KL | active units |" in md and "## Claims" in md
 
 
+def test_eval_with_iw_bound_on_the_stored_part(tmp_path, tiny_ckpt, classifier):
+    r = run("eval", tiny_ckpt, "--limit", 100, "--probe-images", 200, "--iw", 3, "--iw-limit", 20, "--classifier", classifier,
+            "--out", tmp_path / "r.json", *QUICK)
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["compact_source"].startswith("checkpoint metadata") and report["images"] == 100
+    assert report["iw"]["images"] == 20 and report["iw"]["k"] == 3 and report["bits_per_dim_from"] == "iw"
+
+
 def test_eval_fresh_with_iw_bound(tmp_path, tiny_ckpt, mnist_dir, classifier):
     r = run("eval", tiny_ckpt, "--limit", 30, "--iw", 4, "--probe-images", 100, "--fresh", "--data-dir", mnist_dir,
             "--classifier", classifier, "--out", tmp_path / "r.json", *QUICK)
@@ -124,6 +133,7 @@ def test_compare_a_checkpoint_and_a_report(tmp_path, tiny_ckpt, tiny_hvae, hvae_
     (["eval", "{tmp}/missing.safetensors"], "no checkpoint at"),
     (["eval", "{ckpt}", "--split", "val"], "--split must be train or test"),
     (["eval", "{ckpt}", "--iw", "-1"], "--iw must be 0"),
+    (["eval", "{ckpt}", "--iw", "2", "--iw-limit", "0"], "--iw-limit must be at least 1"),
     (["eval", "{ckpt}", "--out", "{tmp}/r.txt"], "use a file name ending in .json"),
     (["eval", "{ckpt}", "--md", "{tmp}/nowhere/r.md"], "does not exist"),
     (["compare", "{tmp}/bad.json"], "this version reads"),

@@ -74,19 +74,22 @@ def _classifier(model: LatentModel, classifier_path, data_dir, show_progress: bo
 
 
 def evaluate_checkpoint(ckpt_path: str | Path, *, data_dir: str | Path | None = None, split: str = "test",
-                        limit: int | None = None, iw: int = 0, seed: int = 0, probe_images: int = PROBE_IMAGES,
+                        limit: int | None = None, iw: int = 0, iw_limit: int | None = None, seed: int = 0,
+                        probe_images: int = PROBE_IMAGES,
                         classifier_path: str | Path | None = None, fresh: bool = False, stored_any: bool = False,
                         device: str = "cpu", show_progress: bool = True) -> tuple[dict, LatentModel]:
     """The full report of a checkpoint (report.FORMAT) and its model. The compact part comes from the
     checkpoint's metadata when it answers the same request (stored_any: whatever request it answered, with
-    its split, limit and seed; never when `fresh`); the IW bound (iw > 0), image factors, claims and the
-    Figure 2 numbers (models with a Markov bottom level) are computed here."""
+    its split, limit and seed; never when `fresh`); the IW bound (iw > 0, on the first iw_limit images),
+    image factors, claims and the Figure 2 numbers (models with a Markov bottom level) are computed here."""
     from ..train import resolve_device  # lazily: train imports this package
 
     if split not in ("train", "test"):
         raise ConfigError(f"--split must be train or test; got {split!r}")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1; got {limit}")
+    if iw_limit is not None and iw_limit < 1:
+        raise ConfigError(f"--iw-limit must be at least 1; got {iw_limit}")
     if probe_images < 1:
         raise ConfigError(f"--probe-images must be at least 1; got {probe_images}")
     if iw < 0:
@@ -109,7 +112,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, *, data_dir: str | Path | None = 
         part = compact(model, data("train"), data(split).head(limit), seed, probe_images, limit,
                        show_progress=show_progress)
     notes = []
-    iw_part = iw_bound(model, data(split).head(limit), iw, seed, show_progress=show_progress) if iw else None
+    iw_part = iw_bound(model, data(split).head(limit).head(iw_limit), iw, seed, show_progress=show_progress) if iw else None
     factors, gibbs = None, None
     if model.cfg.image_shape[0] == 1:
         clf, note = _classifier(model, classifier_path, data_dir or info.train.get("data_dir"), show_progress)
