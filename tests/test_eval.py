@@ -271,3 +271,13 @@ def test_claims_verdicts():
     close = {"ink": [0.35, 0.32, 0.33], "width": [0.3, 0.37, 0.33], "slant": [0.3, 0.4, 0.3], "class": [0.33, 0.33, 0.34]}
     lv_close = [{"logreg_acc": a} for a in (0.595, 0.59, 0.6)]
     assert [c["holds"] for c in claims(lv_close, close)] == [False, False, False, False]  # leads within the noise
+
+
+def test_without_scikit_learn_the_probes_are_skipped_with_a_note(monkeypatch):
+    import vlae_fast.eval.run as run
+
+    monkeypatch.setattr(run, "sklearn_missing", lambda: "label probes skipped: scikit-learn is not installed")
+    lik = {"elbo": 0.0, "recon_nll": 0.0, "kl": [0.0] * 3, "mse": 0.0, "discrete_elbo": None, "discrete": None}
+    part = run.compact(LabelCoder(), labelled_images(50, 0), labelled_images(50, 1), likelihood=lik)
+    assert part["probes"] is None and part["notes"] == ["label probes skipped: scikit-learn is not installed"]
+    assert part["active_units"] == [10, 0, 2] and part["grid"] == 7  # sqrt(50) images: a quick run stays quick
