@@ -127,6 +127,7 @@ def test_compare_a_checkpoint_and_a_report(tmp_path, tiny_ckpt, tiny_hvae, hvae_
     assert any(not c["holds"] for c in hvae_claims)  # the untrained classifier sees no class variation
     assert rows["Figure 2 Gibbs / ancestral confidence"][0] == "—" != rows["Figure 2 Gibbs / ancestral confidence"][1]
     assert "vlae compare" in r.output
+    assert f"vlae compare {tiny_ckpt.parent} {hvae_eval[1]} --md {tmp_path / 'c.md'}" in (tmp_path / "c.md").read_text()
 
 
 @pytest.mark.parametrize("args,message", [
