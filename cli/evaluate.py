@@ -71,7 +71,7 @@ def compare(
         reports = [compare_lib.load_any(p, data_dir=data_dir, classifier_path=classifier, device=device,
                                         show_progress=progress) for p in runs]
         if md:
-            md.write_text(compare_lib.markdown(reports, shlex.join(["vlae", "compare", *map(str, runs), "--md", str(md)])))
+            compare_lib.write_markdown(reports, md, shlex.join(["vlae", "compare", *map(str, runs), "--md", str(md)]))
     except VlaeError as e:
         raise _fail(e)
     compare_lib.print_table(reports, out)

@@ -97,3 +97,9 @@ def markdown(reports: list[dict], command: str | None = None) -> str:
     if command:
         parts.append(f"Made with:\n\n```bash\n{command}\n```")
     return "\n\n".join(parts) + "\n"
+
+
+def write_markdown(reports: list[dict], path: str | Path, command: str | None = None) -> Path:
+    path = Path(path)
+    path.write_text(markdown(reports, command))
+    return path
