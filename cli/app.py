@@ -19,6 +19,7 @@ from vlae_fast.rundir import default_run_dir
 from vlae_fast.train import TrainConfig, evaluate as evaluate_model, train as run_training
 
 from . import explore as explore_cli
+from .evaluate import compare as compare_cmd, eval_run as eval_cmd
 
 from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Dataset, Feed, Group, Init, Join, Kernels,
                      Likelihood, Model, Precision, Split, code_widths, err, fail, flag, given, load, out, parse_dims, positive,
@@ -358,6 +359,10 @@ def info(
 app.command()(explore_cli.explore)
 app.command()(explore_cli.swap)
 app.command()(explore_cli.export)
+
+
+app.command("eval")(eval_cmd)
+app.command("compare")(compare_cmd)
 
 
 def main() -> None:

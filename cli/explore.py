@@ -6,35 +6,23 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 
-from vlae_fast.checkpoint import load_model
 from vlae_fast.data import load_for_checkpoint
-from vlae_fast.errors import VlaeError
 from vlae_fast.explore.inputs import read_images
 from vlae_fast.explore.swap import swap_levels
 from vlae_fast.export import DTYPES, export_checkpoint
-from vlae_fast.images import check_writable, save_images
+from vlae_fast.images import save_images
+from vlae_fast.rundir import checkpoint_path
 from vlae_fast.train import resolve_device
 
-out = Console()
-err = Console(stderr=True)
-
-CKPT = typer.Argument(..., help="A ckpt.safetensors written by `vlae train` (or `vlae export`).", show_default=False)
-DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the data set's files (else the run's, $VLAE_DATA_DIR, the user cache).")
-
-
-def fail(e: Exception) -> typer.Exit:
-    """One line on stderr and exit code 2: what went wrong and what to do."""
-    err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
+from .common import CKPT, DATA_DIR, DEVICE, err, load, out, user_errors
 
 
 def explore(
     ckpt: Path = CKPT,
     host: str = typer.Option("127.0.0.1", help="Address to listen on. The default is reachable from this machine only; "
                              "0.0.0.0 opens it to the network."),
-    port: int = typer.Option(8000, help="TCP port."),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
     data_dir: Optional[Path] = DATA_DIR,
     device: str = typer.Option("cpu", help="cpu (decoding one image takes milliseconds) or cuda[:N]."),
 ) -> None:
@@ -42,8 +30,8 @@ def explore(
     levels) and watch the decoded image change; start from a prior draw, a test image or your own image."""
     from vlae_fast.explore.server import load_explorer, serve
 
-    try:
-        explorer = load_explorer(ckpt, str(resolve_device(device)), data_dir)
+    with user_errors():
+        explorer = load_explorer(checkpoint_path(ckpt), str(resolve_device(device)), data_dir)
         if explorer.test is None:
             err.print(f"no test images ({explorer.why_no_test}); the page offers prior draws and uploads",
                       highlight=False, soft_wrap=True)
@@ -52,8 +40,6 @@ def explore(
                       highlight=False)
         serve(explorer, host, port, on_ready=lambda url: out.print(f"explore {ckpt} at {url}  (Ctrl-C stops)",
                                                                     highlight=False, soft_wrap=True))
-    except VlaeError as e:
-        raise fail(e)
 
 
 def swap(
@@ -66,13 +52,12 @@ def swap(
                                               "several (default: every level, one row each)."),
     out_path: Path = typer.Option(Path("swap.png"), "--out", help="PNG grid or .npz (key x: [rows, pairs, C, H, W])."),
     data_dir: Optional[Path] = DATA_DIR,
-    device: str = typer.Option("auto", help="auto (cuda if available), cpu or cuda[:N]."),
+    device: str = DEVICE,
 ) -> None:
     """Give B the level-K code of A and decode: style transfer through the ladder (Figures 5-6). Rows: A, B,
     B reconstructed, then B with A's level K, one row per level; columns: the (A, B) pairs."""
-    try:
-        check_writable(out_path, (".png", ".npz"))
-        model, info = load_model(ckpt, resolve_device(device))
+    with user_errors():
+        model, info = load(ckpt, device, out_path, (".png", ".npz"))
         test = None
 
         def test_images():
@@ -84,8 +69,6 @@ def swap(
         xa, xb = read_images(from_, shape, test_images, "--from"), read_images(to, shape, test_images, "--to")
         res = swap_levels(model, xa, xb, level)
         path = save_images(res["grid"], out_path)
-    except VlaeError as e:
-        raise fail(e)
     out.print(f"wrote {res['grid'].shape[1]} swap(s) to {path}; rows: {', '.join(res['labels'])}",
               highlight=False, soft_wrap=True)
 
@@ -98,10 +81,9 @@ def export(
 ) -> None:
     """A checkpoint to share: weights and config only, no optimizer state or RNG states. Every command
     reads it; `train --resume` cannot continue from it."""
-    try:
-        path = export_checkpoint(ckpt, out_path, dtype)
-    except VlaeError as e:
-        raise fail(e)
-    before, after = ckpt.stat().st_size, path.stat().st_size
+    with user_errors():
+        source = checkpoint_path(ckpt)
+        path = export_checkpoint(source, out_path, dtype)
+    before, after = source.stat().st_size, path.stat().st_size
     out.print(f"wrote {path}: {after / 1e6:.1f} MB ({dtype} weights and config) from {before / 1e6:.1f} MB",
               highlight=False, soft_wrap=True)

@@ -19,9 +19,11 @@ from torch import nn
 from . import guards, resume, rundir
 from .checkpoint import CKPT_NAME, Checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import ImageSet, load_dataset
+from .data import load_dataset
 from .distributed import Processes
 from .errors import ConfigError
+from .eval import evaluate
+from .eval.run import compact as eval_compact  # stored at the end, so `vlae eval` of a finished run is instant
 from .kernels import set_backend
 from .models import build_model
 from .progress import progress_bar, status
@@ -124,33 +126,6 @@ def make_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer
         return torch.cat([loss.detach()[None], recon.detach()[None], kl.detach()])
 
     return torch.compile(step) if compile else step
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 500, seed: int = 0) -> dict:
-    """Test-set figures with KL weight 1 (one z sample per image): ELBO and reconstruction error.
-
-    elbo: mean over images of log r(x | z) - KL, in nats per image (eq. 14);
-    recon_nll: mean -log r(x | z); mse: mean squared error per pixel of the mean image; kl: per level.
-    """
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    torch.manual_seed(seed)
-    totals = {"recon_nll": 0.0, "sse": 0.0, "kl": None}
-    n = len(data)
-    for start in range(0, n, batch_size):
-        x = data.batch(torch.arange(start, min(start + batch_size, n), device=data.x.device)).to(dev)
-        out = model(x)
-        totals["recon_nll"] += out.recon.sum().item()
-        totals["sse"] += (out.logits.sigmoid() - x).square().sum().item()
-        kl = out.kl.sum(0)
-        totals["kl"] = kl if totals["kl"] is None else totals["kl"] + kl
-    model.train(was_training)
-    kl = (totals["kl"] / n).tolist()
-    recon = totals["recon_nll"] / n
-    return {"elbo": -(recon + sum(kl)), "recon_nll": recon, "kl": kl,
-            "mse": totals["sse"] / (n * data.x[0].numel()), "images": n}
 
 
 def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool = True,
@@ -267,21 +242,22 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                 procs.close()
                 raise stop.stopped(done, cfg.steps, str(ckpt_path), resume_hint)
     seconds = time.perf_counter() - t0
-    rng = procs.rng_states(resume.rng_state())  # before evaluate() reseeds
+    rng = procs.rng_states(resume.rng_state())
     if not procs.main:
         log.close()
         procs.close()
         return {"rank": procs.rank}
     with guards.StopRequest():  # all steps are done: a Ctrl-C now waits for the final checkpoint
         with status(f"evaluate on {len(test_set)} test images", show_progress):
-            result = evaluate(model, test_set, seed=cfg.seed)
+            result = evaluate(model, test_set, seed=cfg.seed, discrete=True)
+            summary = eval_compact(model, train_set, test_set, cfg.seed, limit=cfg.eval_limit, likelihood=dict(result))
         if tb is not None:
             tb.close(result, cfg.steps)
         result.update(train_seconds=round(seconds, 1), steps=cfg.steps, device=str(device))
         log.write(json.dumps({"step": cfg.steps, "test": result}) + "\n")
         log.close()
         save_checkpoint(ckpt_path, model, optimizer=optimizer, step=cfg.steps, train=train_info,
-                        metrics={"train": last, "test": result}, rng=rng)
+                        metrics={"train": last, "test": result, "eval": summary}, rng=rng)
     procs.close()
     result["checkpoint"] = str(ckpt_path)
     return result
