@@ -114,4 +114,4 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
     result = CliRunner().invoke(app, ["train", "mnist", "--image-size", "32", "--steps", "1"])
     assert result.exit_code == 2 and "folder data set only" in result.stderr
     result = CliRunner().invoke(app, ["train", "folder", "--grayscale", "--rgb"])
-    assert result.exit_code == 2 and "not both" in result.stderr
+    assert result.exit_code == 2 and "--grayscale and --rgb contradict each other" in result.stderr

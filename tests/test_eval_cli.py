@@ -132,9 +132,9 @@ def test_compare_a_checkpoint_and_a_report(tmp_path, tiny_ckpt, tiny_hvae, hvae_
 
 @pytest.mark.parametrize("args,message", [
     (["eval", "{tmp}/missing.safetensors"], "no checkpoint at"),
-    (["eval", "{ckpt}", "--split", "val"], "--split must be train or test"),
-    (["eval", "{ckpt}", "--iw", "-1"], "--iw must be 0"),
-    (["eval", "{ckpt}", "--iw", "2", "--iw-limit", "0"], "--iw-limit must be at least 1"),
+    (["eval", "{ckpt}", "--split", "val"], "Invalid value for '--split'"),
+    (["eval", "{ckpt}", "--iw", "-1"], "Invalid value for '--iw': Input should be greater than or equal to 0"),
+    (["eval", "{ckpt}", "--iw", "2", "--iw-limit", "0"], "Invalid value for '--iw-limit': Input should be greater than or equal to 1"),
     (["eval", "{ckpt}", "--out", "{tmp}/r.txt"], "use a file name ending in .json"),
     (["eval", "{ckpt}", "--md", "{tmp}/nowhere/r.md"], "does not exist"),
     (["compare", "{tmp}/bad.json"], "this version reads"),
@@ -143,4 +143,5 @@ def test_bad_input_one_line_exit_2(tmp_path, tiny_ckpt, args, message):
     (tmp_path / "bad.json").write_text(json.dumps({"format": "something-else/9"}))
     r = run(*[a.format(tmp=tmp_path, ckpt=tiny_ckpt) for a in args], *QUICK)
     assert r.exit_code == 2, r.output
-    assert message in r.output and "Traceback" not in r.output
+    text = " ".join(r.output.replace("│", " ").split())  # Typer boxes its own usage errors
+    assert message in text and "Traceback" not in r.output, text
