@@ -196,6 +196,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         if bad is not None:
             log.close()
             raise guards.non_finite(*bad, cfg.lr, cfg.grad_clip, last_saved, resume_hint)
+
     last: dict = {}
     t0 = time.perf_counter() - (resume.seconds_so_far(start) if start else 0.0)  # the curve's clock goes on
     model.train()
