@@ -326,3 +326,14 @@ def test_info_on_a_run_folder_and_on_a_checkpoint(run_dir):
     assert r2.exit_code == 0 and r2.stdout == r.stdout
     r3 = run("info", run_dir / "metrics.jsonl")
     assert r3.exit_code == 2 and "not a readable safetensors file" in r3.output
+
+
+def test_info_on_an_export_says_it_cannot_resume(run_dir, tmp_path):
+    """info reads what a file holds from its header: an export has neither optimizer nor RNG state."""
+    assert run("export", run_dir, "--out", tmp_path / "w.safetensors").exit_code == 0
+    r = run("info", tmp_path / "w.safetensors", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["optimizer_state"] is False and d["rng_state"] is False and d["resumable"] is False
+    full = json.loads(run("info", run_dir, "--json").stdout)
+    assert full["optimizer_state"] is True and full["rng_state"] is True and full["resumable"] is True

@@ -127,6 +127,16 @@ def read_safetensors(path: str | Path, keep: Callable[[str], bool] = lambda name
     return tensors, meta
 
 
+def tensor_names(path: str | Path) -> list[str]:
+    """The names of a safetensors file's tensors, from its header alone (no tensor is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except UNREADABLE as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable safetensors file ({msg}); it may be truncated or corrupt") from None
+
+
 def read_checkpoint(path: str | Path, weights_only: bool = False) -> Checkpoint:
     """Read and validate a checkpoint file without building a model. Raises CheckpointError.
 

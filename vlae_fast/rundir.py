@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .checkpoint import CKPT_NAME, Checkpoint, read_checkpoint
+from .checkpoint import CKPT_NAME, Checkpoint, read_checkpoint, tensor_names
 from .data import data_options, image_shape_of
 from .errors import CheckpointError, ConfigError
 from .models import REGISTRY, default_config, default_lr
@@ -220,7 +220,9 @@ def describe(path: str | Path) -> dict:
     """What a run folder or checkpoint holds, for `vlae info`: model, config, step of total, data set,
     latest metrics, file size, and whether it can be resumed (optimizer and RNG state)."""
     ckpt_path = checkpoint_path(path)
-    ckpt = read_checkpoint(ckpt_path)
+    ckpt = read_checkpoint(ckpt_path, weights_only=True)  # what else it holds, from the header alone
+    names = tensor_names(ckpt_path)
+    optim = any(n.startswith("optim.") for n in names)
     total = ckpt.train.get("steps")
     info = {
         "checkpoint": str(ckpt_path),
@@ -235,9 +237,9 @@ def describe(path: str | Path) -> dict:
         "data_dir": ckpt.train.get("data_dir"),
         "train": ckpt.train,
         "metrics": ckpt.metrics,
-        "optimizer_state": bool(ckpt.optim_state),
-        "rng_state": bool(ckpt.rng),
-        "resumable": bool(ckpt.optim_state) and bool(ckpt.train.get("seed") is not None),
+        "optimizer_state": optim,
+        "rng_state": any(n.startswith("rng.") for n in names),
+        "resumable": optim and ckpt.train.get("seed") is not None,
     }
     run_dir = ckpt_path.parent
     metrics = run_dir / METRICS_NAME
