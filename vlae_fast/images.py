@@ -70,18 +70,18 @@ def save_gif(frames: list[np.ndarray], path: Path, frame_ms: int = GIF_FRAME_MS)
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
 
 
-def check_writable(path: str | Path, suffixes: tuple[str, ...] = (".png", ".gif", ".npz")) -> Path:
+def check_writable(path: str | Path, suffixes: tuple[str, ...] = (".png", ".gif", ".npz"), option: str = "--out") -> Path:
     """Fail early (before long work) if `path` has the wrong suffix or its folder is missing or read-only.
-    Creates nothing: a folder that does not exist is an error, not a guess."""
+    Creates nothing: a folder that does not exist is an error, not a guess. `option` names it in messages."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
-        raise ConfigError(f"--out {path}: use a file name ending in {' or '.join(suffixes)}")
+        raise ConfigError(f"{option} {path}: use a file name ending in {' or '.join(suffixes)}")
     parent = path.parent
     if not parent.is_dir():
         what = "is a file, not a folder" if parent.exists() else "does not exist"
-        raise ConfigError(f"--out {path}: folder {parent} {what}; create the folder first or choose another path")
+        raise ConfigError(f"{option} {path}: folder {parent} {what}; create the folder first or choose another path")
     if path.is_dir() or not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ConfigError(f"--out {path}: not writable; choose another path")
+        raise ConfigError(f"{option} {path}: not writable; choose another path")
     return path
 
 

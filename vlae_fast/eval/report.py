@@ -3,7 +3,6 @@ on the terminal and the markdown report."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from rich import box
@@ -11,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import ConfigError
+from ..images import check_writable
 from .likelihood import DESCRIBE, bits_per_dim
 
 FORMAT = "vlae-fast-eval/1"  # the JSON report; bump when a field changes meaning or goes away
@@ -110,16 +110,10 @@ def load_report(path: str | Path) -> dict:
 
 
 def check_output(path: str | Path | None, suffix: str, option: str) -> None:
-    """Fail before any work if an output file has the wrong suffix or its folder is missing or read-only."""
-    if path is None:
-        return
-    path = Path(path)
-    if path.suffix.lower() != suffix:
-        raise ConfigError(f"{option} {path}: use a file name ending in {suffix}")
-    if not path.parent.is_dir():
-        raise ConfigError(f"{option} {path}: folder {path.parent} does not exist; create it or choose another")
-    if path.is_dir() or not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ConfigError(f"{option} {path}: not writable; choose another path")
+    """Fail before any work if an output file has the wrong suffix or its folder is missing or read-only
+    (images.check_writable, the one such check); None = no such output asked for."""
+    if path is not None:
+        check_writable(path, (suffix,), option)
 
 
 def write_json(report: dict, path: str | Path) -> Path:
