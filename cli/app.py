@@ -21,8 +21,8 @@ from vlae_fast.train import TrainConfig, evaluate as evaluate_model, train as ru
 from . import explore as explore_cli
 from .evaluate import compare as compare_cmd, eval_run as eval_cmd
 
-from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Dataset, Feed, Group, Init, Join, Kernels,
-                     Likelihood, Model, Precision, Split, code_widths, err, fail, flag, given, load, out, parse_dims, positive,
+from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Anneal, Dataset, Feed, Group, Init, Join, Kernels,
+                     Likelihood, Model, Precision, Recipe, Schedule, Split, code_widths, err, fail, flag, given, load, out, parse_dims, positive,
                      print_json, user_errors, value)
 
 app = typer.Typer(
@@ -103,6 +103,23 @@ def train(
     output: Optional[Likelihood] = typer.Option(None, hidden=True, help="Deprecated name of --likelihood."),
     join: Optional[Join] = typer.Option(None, help="Ladder join (vlae only): concat (eq. 11, the default) or "
                                         "gated_add (authors' MNIST code)."),
+    hidden: Optional[int] = typer.Option(None, min=8, help="Width of the fully-connected blocks (default 1024, the "
+                                         "authors'; 512 trains ~2x faster on a CPU, docs/hierarchy.md)."),
+    recipe: Optional[Recipe] = typer.Option(None, help="Defaults for the options below it that are not given: paper "
+                                            "(every level from step 0, linear warm-up, concat join) or hierarchy "
+                                            "(progressive training, docs/hierarchy.md). Default: hierarchy for mnist, "
+                                            "else paper."),
+    kl_anneal: Optional[Anneal] = typer.Option(None, help="KL warm-up shape: linear (weight (t+1)/warmup, capped at "
+                                               "1) or exp (1 - exp(-t/warmup), the authors' code)."),
+    schedule: Optional[Schedule] = typer.Option(None, help="plain (every level trains from step 0) or progressive "
+                                                "(the top level alone first, then each lower level faded in; "
+                                                "pro-VLAE, ladder models only)."),
+    stage_steps: Optional[int] = typer.Option(None, min=1, help="progressive: steps between one level switching on "
+                                              "and the next lower one (--steps must cover (L-1) stages + a fade)."),
+    fade_steps: Optional[int] = typer.Option(None, min=0, help="progressive: steps over which a new level's generator "
+                                             "input rises from 0 to 1."),
+    pre_kl: Optional[float] = typer.Option(None, min=0, help="progressive: KL weight of levels not yet switched on "
+                                           "(keeps them at the prior until the generator listens)."),
     seed: int = typer.Option(0, min=0, help="Random seed (weights, noise, data order)."),
     device: str = DEVICE,
     kernels: Optional[Kernels] = KERNELS,
@@ -142,6 +159,7 @@ def train(
         raise typer.Exit(code=distributed.launch(nproc, sys.argv[1:] + one_dir))  # same run folder for all ranks
     options = {**ctx.params, "dataset": value(dataset), "model": value(model), "likelihood": value(likelihood),
                "join": value(join), "kernels": value(kernels), "precision": value(precision),
+               "recipe": value(recipe), "kl_anneal": value(kl_anneal), "schedule": value(schedule),
                "latent_dims": parse_dims(latent_dim)}
     with user_errors():
         plan = rundir.plan_run(value(dataset), options, given(ctx), resume=resume, out=out_dir,

@@ -19,6 +19,8 @@ from typer.core import TyperGroup
 
 from vlae_fast.checkpoint import load_model
 from vlae_fast.config import PRECISIONS
+from vlae_fast.recipes import RECIPES
+from vlae_fast.schedule import ANNEALS, SCHEDULES
 from vlae_fast.data import LOADERS
 from vlae_fast.errors import TrainingStopped, VlaeError
 from vlae_fast.gibbs import FEEDS, INITS
@@ -47,6 +49,9 @@ Split = choices("Split", ("train", "test"))
 Init = choices("Init", INITS)
 Feed = choices("Feed", FEEDS)
 Precision = choices("Precision", PRECISIONS)
+Anneal = choices("Anneal", ANNEALS)
+Schedule = choices("Schedule", SCHEDULES)
+Recipe = choices("Recipe", RECIPES)
 
 
 def value(v):

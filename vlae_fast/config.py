@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
+from .schedule import ANNEALS, SCHEDULES
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -29,9 +30,21 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global gradient norm; 0 = off (the authors do not clip)
     compile: bool = False  # torch.compile the step; off by default: see bench/README.md for when it pays
     precision: str = "fp32"  # fp32 | bf16 (autocast); fp32 by default: see bench/README.md
+    recipe: str = "paper"  # the named recipe (recipes.py) whose defaults this run started from; a record only
+    kl_anneal: str = "linear"  # linear: warmup = steps to reach 1; exp: 1 - exp(-t / warmup) (schedule.py)
+    schedule: str = "plain"  # plain: every level from step 0; progressive: top level first (pro-VLAE, schedule.py)
+    stage_steps: int = 2000  # progressive: steps between one level switching on and the next lower one
+    fade_steps: int = 500  # progressive: steps over which a level's generator input fades in, 0 -> 1
+    pre_kl: float = 0.5  # progressive: KL weight of the levels not yet switched on (keeps them at the prior)
 
     def __post_init__(self):
         if self.warmup is None:  # fixed now, so a resumed run with more --steps keeps the same schedule
             self.warmup = self.steps / 2
+        for name, value, allowed in (("kl-anneal", self.kl_anneal, ANNEALS), ("schedule", self.schedule, SCHEDULES)):
+            if value not in allowed:
+                raise ConfigError(f"--{name} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.stage_steps < 1 or self.fade_steps < 0 or self.pre_kl < 0:
+            raise ConfigError(f"--stage-steps must be >= 1, --fade-steps and --pre-kl >= 0; got {self.stage_steps}, "
+                              f"{self.fade_steps}, {self.pre_kl:g}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")

@@ -16,6 +16,8 @@ from .checkpoint import CKPT_NAME, Checkpoint, read_checkpoint, tensor_names
 from .data import data_options, image_shape_of
 from .errors import CheckpointError, ConfigError
 from .models import REGISTRY, default_config, default_lr
+from .models.vlae import FlatPriorLadder
+from .recipes import recipe_options
 from .resume import OVERRIDABLE, plan_resume, remove_stale_temps
 
 METRICS_NAME = "metrics.jsonl"
@@ -25,8 +27,9 @@ RUN_FILES = (CKPT_NAME, METRICS_NAME, SETTINGS_NAME, TENSORBOARD_NAME)  # what -
 
 # The model and data options of `vlae train`, fixed for the life of a run (a resumed run takes them from
 # its checkpoint), as the command line spells them.
-MODEL_OPTIONS = ("model", "layers", "latent_dim", "likelihood", "join", "batch_size", "warmup", "seed",
-                 "train_limit", "image_size", "grayscale", "rgb", "svhn_extra", "precision")
+MODEL_OPTIONS = ("model", "layers", "latent_dim", "likelihood", "join", "hidden", "batch_size", "warmup", "seed",
+                 "train_limit", "image_size", "grayscale", "rgb", "svhn_extra", "precision", "recipe", "kl_anneal",
+                 "schedule", "stage_steps", "fade_steps", "pre_kl")
 
 
 @dataclass
@@ -137,9 +140,12 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
     color = "grayscale" if o.get("grayscale") else "rgb" if o.get("rgb") else None
     opts = data_options(dataset, o.get("image_size"), color, bool(o.get("svhn_extra")))
     shape = image_shape_of(dataset, o.get("data_dir"), **opts)
+    ladder = model in REGISTRY and issubclass(REGISTRY[model][1], FlatPriorLadder)
+    recipe, r = recipe_options(dataset, o.get("recipe"), ladder)
+    o = {**{k: v for k, v in r.items()}, **{k: v for k, v in o.items() if v is not None}}  # given options win
+    model_extra = {k: o[k] for k in ("join", "hidden") if o.get(k) is not None and takes_option(model, k)}
     model_cfg = default_config(dataset, model, o.get("layers"), o.get("latent_dims"),
-                               output=o.get("likelihood") or "gaussian", image_shape=shape,
-                               **({"join": o["join"]} if o.get("join") is not None else {}))
+                               output=o.get("likelihood") or "gaussian", image_shape=shape, **model_extra)
     d = TrainConfig
     lr = o.get("lr")
     cfg = TrainConfig(dataset=dataset, steps=o.get("steps") or d.steps, batch_size=o.get("batch_size") or d.batch_size,
@@ -150,7 +156,8 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
                       data_dir=str(o["data_dir"]) if o.get("data_dir") else None,
                       train_limit=o.get("train_limit"), eval_limit=o.get("eval_limit"),
                       grad_clip=o.get("grad_clip") or 0.0, kernels=o.get("kernels"), data_options=opts,
-                      compile=bool(o.get("compile")), precision=o.get("precision") or d.precision)
+                      compile=bool(o.get("compile")), precision=o.get("precision") or d.precision, recipe=recipe,
+                      **{k: o[k] for k in ("kl_anneal", "schedule", "stage_steps", "fade_steps", "pre_kl") if k in o})
     return RunPlan(model_cfg, cfg, None, run_dir)
 
 
@@ -168,7 +175,10 @@ def settings_of(model_cfg, cfg: TrainConfig) -> dict:
          "kernels": cfg.kernels, "image-size": cfg.data_options.get("image_size"),
          "grayscale": cfg.data_options.get("color") == "grayscale" or None,
          "rgb": cfg.data_options.get("color") == "rgb" or None, "svhn-extra": cfg.data_options.get("extra"),
-         "compile": cfg.compile or None, "precision": cfg.precision}
+         "compile": cfg.compile or None, "precision": cfg.precision, "hidden": model_cfg.hidden,
+         "recipe": cfg.recipe, "kl-anneal": cfg.kl_anneal, "schedule": cfg.schedule}
+    if cfg.schedule == "progressive":
+        s.update({"stage-steps": cfg.stage_steps, "fade-steps": cfg.fade_steps, "pre-kl": cfg.pre_kl})
     return {k: v for k, v in s.items() if v is not None}
 
 

@@ -1,9 +1,11 @@
 """The one training loop, for every model: Adam on the negative ELBO with KL warm-up.
 
-loss = mean_over_batch( -log r(x | z) + w(step) * sum_l KL_l ),   w = min(1, steps done / warmup)
+loss = mean_over_batch( -log r(x | z) + sum_l w_l(step) * KL_l ),   w_l = min(1, steps done / warmup)
 
-The KL weight rises linearly from 0 to 1 over the first `warmup` steps (appendix B.1 anneals it from 0 to
-1) and stays at 1 after, so every run ends on the true objective, eq. 14, which is what it reports.
+The KL weight rises from 0 to 1 over the first `warmup` steps (appendix B.1 anneals it from 0 to 1;
+linearly by default, or 1 - exp(-t / warmup)) and stays at 1 after, so a run ends on the true objective,
+eq. 14, which is what it reports. Under progressive training (schedule.py) the levels switch on one by
+one from the top, and a level not yet on pays its KL with a fixed small weight.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import guards, resume, rundir
+from . import guards, resume, rundir, schedule
 from .checkpoint import CKPT_NAME, Checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import load_dataset
@@ -27,6 +29,7 @@ from .eval.run import compact as eval_compact  # stored at the end, so `vlae eva
 from .kernels import set_backend
 from .models import build_model
 from .progress import progress_bar, status
+from .schedule import kl_weight
 from .tblog import TensorBoardLog, require_tensorboard
 
 STOP_POLL = 10  # under DDP, steps between checks for a stop request (each check all-reduces and syncs)
@@ -51,11 +54,6 @@ def explicit_noise(seed: int, step: int, n: int, dims, device: torch.device) -> 
     """
     g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 64)
     return [torch.randn(n, d, generator=g).to(device) for d in dims]
-
-
-def kl_weight(step: int, warmup: float) -> float:
-    """The KL weight of 0-based `step`: min(1, (step + 1) / warmup); exactly 1 from step warmup - 1 on."""
-    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 
 def epoch_permutation(epoch: int, n: int, seed: int) -> torch.Tensor:
@@ -110,15 +108,15 @@ def keep_fused(optimizer: torch.optim.Optimizer) -> None:
 def make_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, guard: "guards.NonFiniteGuard",
               grad_clip: float = 0.0, precision: str = "fp32", compile: bool = False):
     """The training step: step(x, w, eps) runs forward, backward, the non-finite guard and Adam and returns
-    [loss, recon, KL_1 .. KL_L] (detached, on the device). w: the KL weight as a 0-d tensor (a float would
-    recompile a compiled step whenever it changes). Nothing in it reads the device from the host."""
+    [loss, recon, KL_1 .. KL_L] (detached, on the device). w: the KL weight of each level, a [L] tensor (a
+    float would recompile a compiled step whenever it changes). Nothing in it reads the device from the host."""
     autocast = precision == "bf16"
 
     def step(x: torch.Tensor, w: torch.Tensor, eps: list[torch.Tensor] | None) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             out = net(x, eps)
         recon, kl = out.recon.float().mean(), out.kl.float().mean(0)  # kl: [L]
-        loss = recon + w * kl.sum()  # eq. 14 with the warm-up weight on the KL
+        loss = recon + (w * kl).sum()  # eq. 14 with the warm-up weight on each level's KL
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         guard.check(model, loss, grad_clip)  # sets optimizer.found_inf: a non-finite step is skipped on the device
@@ -141,9 +139,19 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     tensorboard_every: also log to out_dir/tensorboard/ (losses every log line, traversal grids every
     this many steps); 0 = off."""
     out_dir = Path(out_dir)
-    if not 0 <= cfg.warmup <= cfg.steps:
+    if cfg.kl_anneal == "linear" and not 0 <= cfg.warmup <= cfg.steps:
         raise ConfigError(f"--warmup {cfg.warmup:g} must be between 0 and --steps {cfg.steps}, so the run ends on the "
                           "true objective (KL weight 1); lower --warmup or raise --steps")
+    if cfg.kl_anneal == "exp" and not 0 <= 3 * cfg.warmup <= cfg.steps:
+        raise ConfigError(f"--kl-anneal exp: --warmup {cfg.warmup:g} is the weight's time constant and must be at most "
+                          f"--steps / 3 ({cfg.steps / 3:g}), so the run ends near the true objective (KL weight >= 0.95); "
+                          "lower --warmup or raise --steps")
+    if cfg.schedule == "progressive":
+        need = schedule.progressive_length(model_cfg.layers, cfg.stage_steps, cfg.fade_steps)
+        if cfg.steps < need:
+            raise ConfigError(f"--schedule progressive switches the bottom level fully on only after {need} steps "
+                              f"({model_cfg.layers - 1} x --stage-steps {cfg.stage_steps} + --fade-steps "
+                              f"{cfg.fade_steps}); raise --steps to at least {need} or shorten the stages")
     device = resolve_device(cfg.device)
     procs = Processes.start(device)  # this process alone, or one of torchrun's
     device = procs.device
@@ -166,6 +174,9 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     train_set = train_set.to(device)  # loaded once; batches are drawn by index on the device
 
     model = build_model(model_cfg).to(device)
+    if cfg.schedule == "progressive" and not hasattr(model, "fade"):
+        raise ConfigError(f"--schedule progressive fades ladder levels in; the {model_cfg.model} model has no "
+                          "ladder, so use --schedule plain")
     if procs.main:  # rank 0 alone touches the run folder, once nothing before training can fail
         rundir.start_run_dir(out_dir, overwrite, start.path if start else None)
         rundir.write_settings(out_dir, model_cfg, cfg)
@@ -188,7 +199,9 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     guard = guards.NonFiniteGuard(optimizer, device)
     step_fn = make_step(net, model, optimizer, guard, cfg.grad_clip, cfg.precision, cfg.compile)
     order = BatchOrder(len(train_set), cfg.batch_size, cfg.seed, device)
-    w_t = torch.zeros((), device=device)  # the KL weight, refilled each step (no host read, no recompile)
+    L = model_cfg.layers
+    w_t = torch.zeros(L, device=device)  # the KL weight per level, refilled each step (no host read, no recompile)
+    held = [None, None]  # the weights and fades now on the device: refilled only when they change
 
     def check_guard(state: list[float] | None = None) -> None:
         """Raise the non-finite error if a step since the last check was not finite (state None: a sync point)."""
@@ -204,8 +217,12 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         task = bar.add_task("train", total=cfg.steps, completed=first, stats="")
         for step in range(first, cfg.steps):
             x = train_set.batch(procs.shard(order(step)))  # [B / world, C, H, W]
-            w = kl_weight(step, cfg.warmup)
-            w_t.fill_(w)
+            alphas, ws = schedule.weights(step, cfg, L)
+            for new, old, dest in ((ws, held[0], w_t), (alphas, held[1], getattr(model, "fade", None))):
+                if new != old and dest is not None:
+                    for l, v in enumerate(new):
+                        dest[l].fill_(v)  # a scalar fill: no host-device sync
+            held = [ws, alphas]
             guard.step_t.fill_(step + 1)
             eps = None if cfg.noise_seed is None else [procs.shard(e) for e in explicit_noise(
                 cfg.noise_seed, step, cfg.batch_size, model_cfg.latent_dims, device)]  # the global batch's noise
@@ -218,7 +235,9 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                 check_guard(values[-4:])
                 loss_v, recon_v, *kl_list = values[:-4]
                 last = {"step": done, "loss": loss_v, "recon": recon_v, "kl": kl_list,
-                        "kl_weight": w, "seconds": round(time.perf_counter() - t0, 2)}
+                        "kl_weight": kl_weight(step, cfg.warmup, cfg.kl_anneal), "seconds": round(time.perf_counter() - t0, 2)}
+                if cfg.schedule == "progressive":
+                    last.update(kl_weights=ws, fade=alphas)
                 log.write(json.dumps(last) + "\n")
                 log.flush()
                 kl_txt = " ".join(f"KL{l}={v:.2f}" for l, v in enumerate(kl_list, 1))

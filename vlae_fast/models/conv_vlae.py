@@ -88,8 +88,7 @@ class ConvVLAEConfig(ModelConfig):
 
 class ConvVLAE(FlatPriorLadder):
     def __init__(self, cfg: ConvVLAEConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         C, H, W = cfg.image_shape
         Hd, L = cfg.hidden, cfg.layers
         stages = ARCHS[cfg.arch][: L - 1]
@@ -143,6 +142,6 @@ class ConvVLAE(FlatPriorLadder):
         B = z[0].shape[0]
         zt = self.f_top(z[-1]).view(B, *self.maps[-1])  # z~_L = f_L(z_L): [B, c, h, w]  (eq. 8)
         for l in reversed(range(self.cfg.layers - 1)):  # l = L-1 .. 1 (0-based index)
-            vl = self.v[l](z[l]).view(B, *self.maps[l])  # v_l(z_l) at h_l's resolution
+            vl = (self.v[l](z[l]) * self.fade[l]).view(B, *self.maps[l])  # v_l(z_l) at h_l's resolution, faded in
             zt = self.u[l](torch.cat([zt, vl], dim=1))  # z~_l = u_l([z~_{l+1}; v_l(z_l)])  (eq. 11)
         return zt  # u_1 ends in f_0: image logits [B, C, H, W]  (eq. 10)

@@ -46,7 +46,16 @@ class VLAEConfig(ModelConfig):
 class FlatPriorLadder(LatentModel):
     """What every VLAE shares once it has encode(x) -> (mus, logvars) and decode(z) -> logits:
     the ELBO pass of eq. 14 and its importance weight. The prior is flat, N(0, I) on every level, so a
-    level's control is its code z_l (LatentModel's identity maps). Subclasses set self.cfg."""
+    level's control is its code z_l (LatentModel's identity maps).
+
+    fade: alpha_l per level (bottom first), multiplying the generator input v_l(z_l) of every level below the
+    top; all ones except during progressive training (schedule.py), which sets it each step. Not saved: a
+    checkpoint's model is the whole ladder."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("fade", torch.ones(cfg.layers), persistent=False)
 
     # --- training -------------------------------------------------------------------------
     def forward(self, x: Tensor, eps: list[Tensor] | None = None) -> Output:
@@ -68,8 +77,7 @@ class FlatPriorLadder(LatentModel):
 
 class VLAE(FlatPriorLadder):
     def __init__(self, cfg: VLAEConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         C, H, W = cfg.image_shape
         c1, c2 = cfg.channels
         Hd, L = cfg.hidden, cfg.layers
@@ -108,5 +116,6 @@ class VLAE(FlatPriorLadder):
         """f_0(z~_1) as logits [B, C, H, W] from codes z_1..z_L (bottom first)."""
         zt = self.f_top(z[-1])  # z~_L = f_L(z_L)  (eq. 8)
         for l in reversed(range(self.cfg.layers - 1)):  # l = L-1 .. 1 (0-based index)
-            zt = self.u_rest[l](self.u_join[l](zt, self.v[l](z[l])))  # z~_l = u_l([z~_{l+1}; v_l(z_l)])  (eq. 11)
+            vl = self.v[l](z[l]) * self.fade[l]  # v_l(z_l), faded in under progressive training
+            zt = self.u_rest[l](self.u_join[l](zt, vl))  # z~_l = u_l([z~_{l+1}; v_l(z_l)])  (eq. 11)
         return self.f0(zt.view(-1, *self.feat_shape))  # f_0(z~_1)  (eq. 10)

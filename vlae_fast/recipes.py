@@ -1,0 +1,27 @@
+"""Named training recipes: the `vlae train` defaults a recipe sets, below any option given explicitly.
+
+paper:      the paper's plain recipe: every level trains from step 0, the KL weight rises linearly over half
+            the run, levels joined by concatenation (eq. 11).
+hierarchy:  progressive training (pro-VLAE, schedule.py): the top level alone first, then each lower level
+            faded in, with the authors' gated-add join. Chosen from the runs in docs/hierarchy.md.
+"""
+from __future__ import annotations
+
+RECIPES: dict[str, dict] = {
+    "paper": {},
+    "hierarchy": {"schedule": "progressive", "stage_steps": 2000, "fade_steps": 500, "pre_kl": 0.5,
+                  "kl_anneal": "exp", "warmup": 1000.0, "join": "gated_add", "steps": 6000},
+}
+LADDER_ONLY = ("schedule", "stage_steps", "fade_steps", "pre_kl", "join")  # what a model without a ladder ignores
+
+DEFAULT_RECIPE: dict[str, str] = {}  # data set -> its default recipe; others: paper
+
+
+def recipe_options(dataset: str, recipe: str | None, ladder: bool) -> tuple[str, dict]:
+    """(name, options) of the recipe a run uses: `recipe` if given, else the data set's default. A model
+    without a ladder (hvae) takes the default recipe's options that apply to it only."""
+    name = recipe or DEFAULT_RECIPE.get(dataset, "paper")
+    opts = dict(RECIPES[name])
+    if not ladder and recipe is None:
+        opts = {k: v for k, v in opts.items() if k not in LADDER_ONLY}
+    return name, opts

@@ -1,0 +1,56 @@
+"""What changes with the step in a training run: the KL weight per level and, under progressive
+training, how far each level is switched on in the generator.
+
+KL annealing (eq. 14 with a weight on the KL; appendix B.1 anneals it from 0 to 1):
+    linear:  w(t) = min(1, (t + 1) / warmup)       exactly 1 from step warmup - 1 on
+    exp:     w(t) = 1 - exp(-(t + 1) / warmup)     warmup is the time constant (the authors' code)
+
+Progressive training (pro-VLAE, Li et al. 2020): the top, most abstract level trains alone first; every
+`stage_steps` the next lower level l is faded in, its generator input v_l(z_l) multiplied by
+    alpha_l(t) = clamp((t - start_l + 1) / fade_steps, 0, 1),   start_l = (L - l) * stage_steps.
+A level not yet started (alpha_l = 0) still encodes and pays its KL with the small weight pre_kl, so
+its posterior stays at the prior until the generator listens to it; from start_l on it takes w(t).
+"""
+from __future__ import annotations
+
+import math
+
+ANNEALS = ("linear", "exp")
+SCHEDULES = ("plain", "progressive")
+
+
+def kl_weight(step: int, warmup: float, anneal: str = "linear") -> float:
+    """The annealed KL weight of 0-based `step` (see the module's docstring); 1 without warm-up."""
+    if warmup <= 0:
+        return 1.0
+    if anneal == "exp":
+        return 1.0 - math.exp(-(step + 1) / warmup)
+    return min(1.0, (step + 1) / warmup)
+
+
+def level_start(level: int, layers: int, stage_steps: int) -> int:
+    """The step at which 1-based `level` starts fading in: the top level at 0, each lower one a stage later."""
+    return (layers - level) * stage_steps
+
+
+def fade(step: int, level: int, layers: int, stage_steps: int, fade_steps: int) -> float:
+    """alpha_l(step): 0 before the level's stage, rising linearly to 1 over fade_steps, then 1."""
+    start = level_start(level, layers, stage_steps)
+    if step < start:
+        return 0.0
+    return min(1.0, (step - start + 1) / fade_steps) if fade_steps > 0 else 1.0
+
+
+def progressive_length(layers: int, stage_steps: int, fade_steps: int) -> int:
+    """Steps until every level is fully on: the bottom level's start plus its fade."""
+    return level_start(1, layers, stage_steps) + (fade_steps if layers > 1 else 0)
+
+
+def weights(step: int, cfg, layers: int) -> tuple[list[float], list[float]]:
+    """(alpha_l, KL weight_l) for l = 1..L at `step` under TrainConfig `cfg` (bottom first)."""
+    w = kl_weight(step, cfg.warmup, cfg.kl_anneal)
+    if cfg.schedule != "progressive":
+        return [1.0] * layers, [w] * layers
+    alphas = [fade(step, l, layers, cfg.stage_steps, cfg.fade_steps) for l in range(1, layers + 1)]
+    started = [step >= level_start(l, layers, cfg.stage_steps) for l in range(1, layers + 1)]
+    return alphas, [w if on else cfg.pre_kl for on in started]
