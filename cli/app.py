@@ -22,7 +22,7 @@ from . import explore as explore_cli
 from .evaluate import compare as compare_cmd, eval_run as eval_cmd
 
 from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Anneal, Dataset, Feed, Group, Init, Join, Kernels,
-                     Likelihood, Model, Precision, Recipe, Schedule, Split, code_widths, err, fail, flag, given, load, out, parse_dims, positive,
+                     Likelihood, Model, Precision, Recipe, Schedule, Split, code_widths, err, fail, flag, given, kl_factors, parse_factors, load, out, parse_dims, positive,
                      print_json, user_errors, value)
 
 app = typer.Typer(
@@ -120,6 +120,9 @@ def train(
                                              "input rises from 0 to 1."),
     pre_kl: Optional[float] = typer.Option(None, min=0, help="progressive: KL weight of levels not yet switched on "
                                            "(keeps them at the prior until the generator listens)."),
+    kl_scale: Optional[str] = typer.Option(None, callback=kl_factors, help="A fixed factor on each level's KL "
+                                           "weight, bottom first (e.g. 2,1,1: the bottom level's information costs "
+                                           "twice). Default 1 for every level; the reported ELBO always uses 1."),
     seed: int = typer.Option(0, min=0, help="Random seed (weights, noise, data order)."),
     device: str = DEVICE,
     kernels: Optional[Kernels] = KERNELS,
@@ -159,7 +162,7 @@ def train(
         raise typer.Exit(code=distributed.launch(nproc, sys.argv[1:] + one_dir))  # same run folder for all ranks
     options = {**ctx.params, "dataset": value(dataset), "model": value(model), "likelihood": value(likelihood),
                "join": value(join), "kernels": value(kernels), "precision": value(precision),
-               "recipe": value(recipe), "kl_anneal": value(kl_anneal), "schedule": value(schedule),
+               "kl_scale": parse_factors(kl_scale), "recipe": value(recipe), "kl_anneal": value(kl_anneal), "schedule": value(schedule),
                "latent_dims": parse_dims(latent_dim)}
     with user_errors():
         plan = rundir.plan_run(value(dataset), options, given(ctx), resume=resume, out=out_dir,

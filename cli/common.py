@@ -91,6 +91,26 @@ def parse_dims(text: str | None) -> list[int] | None:
     return dims
 
 
+def parse_factors(text: str | None) -> list[float] | None:
+    """'2,1,1' -> [2.0, 1.0, 1.0]: one factor >= 0 per level."""
+    if text is None:
+        return None
+    try:
+        factors = [float(t) for t in str(text).replace(" ", "").split(",") if t]
+    except ValueError:
+        raise typer.BadParameter(f"expected numbers like 2,1,1 (one per level, bottom first); got {text!r}") from None
+    if not factors or min(factors) < 0:
+        raise typer.BadParameter(f"KL factors must be numbers >= 0; got {text!r}")
+    return factors
+
+
+def kl_factors(text: str | None) -> str | None:
+    """--kl-scale: checked here, parsed by parse_factors."""
+    if text is not None:
+        parse_factors(text)
+    return text
+
+
 # --- options several commands take --------------------------------------------------------------------
 def flag(default: bool, *names: str, help: str) -> bool:
     """A boolean flag shown as a flag in --help (no '<bool>' type column)."""

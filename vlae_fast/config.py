@@ -33,18 +33,31 @@ class TrainConfig:
     recipe: str = "paper"  # the named recipe (recipes.py) whose defaults this run started from; a record only
     kl_anneal: str = "linear"  # linear: warmup = steps to reach 1; exp: 1 - exp(-t / warmup) (schedule.py)
     schedule: str = "plain"  # plain: every level from step 0; progressive: top level first (pro-VLAE, schedule.py)
-    stage_steps: int = 2000  # progressive: steps between one level switching on and the next lower one
-    fade_steps: int = 500  # progressive: steps over which a level's generator input fades in, 0 -> 1
+    stage_steps: int | None = None  # progressive: steps between one level switching on and the next; None = steps / L
+    fade_steps: int | None = None  # progressive: steps over which a level's input fades in, 0 -> 1; None = stage / 4
     pre_kl: float = 0.5  # progressive: KL weight of the levels not yet switched on (keeps them at the prior)
+    kl_scale: tuple[float, ...] | None = None  # a fixed factor on each level's KL weight, bottom first (beta_l); None = 1
 
     def __post_init__(self):
         if self.warmup is None:  # fixed now, so a resumed run with more --steps keeps the same schedule
-            self.warmup = self.steps / 2
+            self.warmup = self.steps / 2 if self.kl_anneal == "linear" else self.steps / 6
         for name, value, allowed in (("kl-anneal", self.kl_anneal, ANNEALS), ("schedule", self.schedule, SCHEDULES)):
             if value not in allowed:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}; got {value!r}")
-        if self.stage_steps < 1 or self.fade_steps < 0 or self.pre_kl < 0:
+        if (self.stage_steps is not None and self.stage_steps < 1) or (self.fade_steps or 0) < 0 or self.pre_kl < 0:
             raise ConfigError(f"--stage-steps must be >= 1, --fade-steps and --pre-kl >= 0; got {self.stage_steps}, "
                               f"{self.fade_steps}, {self.pre_kl:g}")
+
+    def resolve_stages(self, layers: int) -> None:
+        """Fix the progressive stages for a model of `layers` levels: by default L equal stages (the top level
+        alone, then one more level each), each new level fading in over a quarter of a stage."""
+        if self.stage_steps is None:
+            self.stage_steps = max(1, self.steps // layers)
+        if self.fade_steps is None:
+            self.fade_steps = self.stage_steps // 4
+        if self.kl_scale is not None:
+            self.kl_scale = tuple(float(b) for b in self.kl_scale)
+            if min(self.kl_scale, default=-1) < 0:
+                raise ConfigError(f"--kl-scale needs one factor >= 0 per level; got {self.kl_scale}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")

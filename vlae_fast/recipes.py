@@ -9,8 +9,9 @@ from __future__ import annotations
 
 RECIPES: dict[str, dict] = {
     "paper": {},
-    "hierarchy": {"schedule": "progressive", "stage_steps": 2000, "fade_steps": 500, "pre_kl": 0.5,
-                  "kl_anneal": "exp", "warmup": 1000.0, "join": "gated_add", "steps": 6000},
+    # stages of steps / L, fades of a quarter stage, KL time constant steps / 6 (TrainConfig's defaults for
+    # progressive and exp): 6000 steps = the top level alone for 2000, then level 2 over 500, level 1 at 4000
+    "hierarchy": {"schedule": "progressive", "pre_kl": 0.5, "kl_anneal": "exp", "join": "gated_add", "steps": 6000},
 }
 LADDER_ONLY = ("schedule", "stage_steps", "fade_steps", "pre_kl", "join")  # what a model without a ladder ignores
 

@@ -10,6 +10,8 @@ Progressive training (pro-VLAE, Li et al. 2020): the top, most abstract level tr
     alpha_l(t) = clamp((t - start_l + 1) / fade_steps, 0, 1),   start_l = (L - l) * stage_steps.
 A level not yet started (alpha_l = 0) still encodes and pays its KL with the small weight pre_kl, so
 its posterior stays at the prior until the generator listens to it; from start_l on it takes w(t).
+kl_scale (beta_l, bottom first) multiplies level l's weight throughout: beta_l > 1 makes the level's
+information dearer (the reported ELBO is always eq. 14's, with every weight 1).
 """
 from __future__ import annotations
 
@@ -49,8 +51,9 @@ def progressive_length(layers: int, stage_steps: int, fade_steps: int) -> int:
 def weights(step: int, cfg, layers: int) -> tuple[list[float], list[float]]:
     """(alpha_l, KL weight_l) for l = 1..L at `step` under TrainConfig `cfg` (bottom first)."""
     w = kl_weight(step, cfg.warmup, cfg.kl_anneal)
+    beta = cfg.kl_scale or (1.0,) * layers
     if cfg.schedule != "progressive":
-        return [1.0] * layers, [w] * layers
+        return [1.0] * layers, [w * b for b in beta]
     alphas = [fade(step, l, layers, cfg.stage_steps, cfg.fade_steps) for l in range(1, layers + 1)]
     started = [step >= level_start(l, layers, cfg.stage_steps) for l in range(1, layers + 1)]
-    return alphas, [w if on else cfg.pre_kl for on in started]
+    return alphas, [(w if on else cfg.pre_kl) * b for on, b in zip(started, beta)]

@@ -146,6 +146,10 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         raise ConfigError(f"--kl-anneal exp: --warmup {cfg.warmup:g} is the weight's time constant and must be at most "
                           f"--steps / 3 ({cfg.steps / 3:g}), so the run ends near the true objective (KL weight >= 0.95); "
                           "lower --warmup or raise --steps")
+    if cfg.kl_scale is not None and len(cfg.kl_scale) != model_cfg.layers:
+        raise ConfigError(f"--kl-scale gives {len(cfg.kl_scale)} factors for {model_cfg.layers} levels; give one per "
+                          "level, bottom first")
+    cfg.resolve_stages(model_cfg.layers)  # before anything stores cfg: the run's stages are fixed from here on
     if cfg.schedule == "progressive":
         need = schedule.progressive_length(model_cfg.layers, cfg.stage_steps, cfg.fade_steps)
         if cfg.steps < need:

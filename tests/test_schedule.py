@@ -1,0 +1,130 @@
+"""Progressive training and KL annealing (schedule.py): the fade-in curve, which parameters learn in
+each stage, the per-level KL weights the loop applies, the recipes, and the options it refuses."""
+import json
+
+import pytest
+import torch
+
+from vlae_fast import schedule
+from vlae_fast.config import TrainConfig
+from vlae_fast.errors import ConfigError
+from vlae_fast.guards import NonFiniteGuard
+from vlae_fast.models import build_model, default_config, make_config
+from vlae_fast.rundir import plan_run
+from vlae_fast.train import make_optimizer, make_step, train
+
+
+def progressive(**kw) -> TrainConfig:
+    cfg = TrainConfig(**{"steps": 30, "schedule": "progressive", "kl_anneal": "exp", "pre_kl": 0.25, **kw})
+    cfg.resolve_stages(3)
+    return cfg
+
+
+def test_fade_curve_and_kl_weights_per_stage():
+    cfg = progressive(stage_steps=10, fade_steps=4, warmup=5)
+    assert (cfg.stage_steps, cfg.fade_steps) == (10, 4)
+    assert [schedule.level_start(l, 3, 10) for l in (1, 2, 3)] == [20, 10, 0]
+    # level 2 starts at step 10: 0 before, then 1/4, 2/4, 3/4, 1 and 1 after
+    assert [schedule.fade(t, 2, 3, 10, 4) for t in (0, 9, 10, 11, 12, 13, 14, 29)] == [0, 0, .25, .5, .75, 1, 1, 1]
+    assert [schedule.fade(t, 3, 3, 10, 4) for t in (0, 2, 3, 29)] == [.25, .75, 1, 1]  # the top level fades in too
+    assert schedule.fade(20, 1, 3, 10, 0) == 1.0 and schedule.fade(19, 1, 3, 10, 0) == 0.0  # no fade: a switch
+    alphas, ws = schedule.weights(12, cfg, 3)
+    w = 1 - torch.exp(torch.tensor(-13 / 5.0)).item()
+    assert alphas == [0.0, 0.75, 1.0]
+    assert ws[0] == 0.25 and ws[1:] == pytest.approx([w, w])  # level 1 not yet on: pre_kl; the others: annealed
+    assert schedule.weights(12, TrainConfig(steps=30, warmup=15), 3) == ([1.0] * 3, [13 / 15] * 3)  # plain
+    assert schedule.progressive_length(3, 10, 4) == 24
+
+
+def test_default_stages_scale_with_the_run():
+    cfg = progressive(steps=6000)
+    assert (cfg.stage_steps, cfg.fade_steps, cfg.warmup) == (2000, 500, 1000)
+    assert TrainConfig(steps=600).warmup == 300 and TrainConfig(steps=600, kl_anneal="exp").warmup == 100
+
+
+def test_each_stage_trains_only_the_levels_switched_on():
+    """Stage 1 (top level alone): the lower levels' generator inputs v_1, v_2 get no update at all, while their
+    encoders' heads still learn from the pre-KL term; stage 2: v_2 learns, v_1 still does not."""
+    torch.manual_seed(0)
+    model = build_model(make_config({"model": "vlae", "latent_dims": [2, 2, 2], "channels": [4, 8], "hidden": 16,
+                                     "join": "gated_add"}))
+    opt = make_optimizer(model, 1e-2)
+    step = make_step(model, model, opt, NonFiniteGuard(opt, torch.device("cpu")))
+    cfg = progressive(stage_steps=3, fade_steps=2, warmup=2)
+    params = lambda: {k: v.detach().clone() for k, v in model.named_parameters()}  # noqa: E731
+    changed = lambda a, b, prefix: [k for k in a if k.startswith(prefix) and not torch.equal(a[k], b[k])]  # noqa: E731
+    x = torch.rand(16, 1, 28, 28)
+    start = params()
+    for t in range(6):
+        if t == 3:
+            stage1 = params()
+        alphas, ws = schedule.weights(t, cfg, 3)
+        model.fade.copy_(torch.tensor(alphas))
+        step(x, torch.tensor(ws), None)
+    stage2 = params()
+    assert changed(start, stage1, "v.") == [] and changed(start, stage1, "f_top.")
+    assert changed(start, stage1, "q.0.") and changed(start, stage1, "q.1.")  # pre-KL: posteriors pulled to the prior
+    assert changed(stage1, stage2, "v.1.") and changed(stage1, stage2, "v.0.") == []
+
+
+def test_zero_pre_kl_leaves_switched_off_encoders_untouched():
+    torch.manual_seed(0)
+    model = build_model(make_config({"model": "vlae", "latent_dims": [2, 2], "channels": [4, 8], "hidden": 16}))
+    model.fade.copy_(torch.tensor([0.0, 1.0]))
+    out = model(torch.rand(8, 1, 28, 28))
+    (out.recon.mean() + (torch.tensor([0.0, 1.0]) * out.kl.mean(0)).sum()).backward()
+    assert all(p.grad is None or not p.grad.any() for n, p in model.named_parameters() if n.startswith(("q.0.", "v.0.")))
+    assert model.q[1].mu.weight.grad.any()
+
+
+def test_training_logs_the_schedule_it_applies(tmp_path, mnist_dir):
+    m = default_config("mnist", "vlae", latent_dims=[2, 2, 2], hidden=32, join="gated_add")
+    cfg = TrainConfig(steps=9, schedule="progressive", kl_anneal="exp", warmup=3, stage_steps=3, fade_steps=2,
+                      pre_kl=0.3, batch_size=20, train_limit=100, eval_limit=40, data_dir=str(mnist_dir),
+                      device="cpu", log_every=1, save_every=0)
+    train(m, cfg, tmp_path / "run", show_progress=False)
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+    for line in lines:
+        alphas, ws = schedule.weights(line["step"] - 1, cfg, 3)
+        assert line["fade"] == alphas and line["kl_weights"] == ws
+    assert [l["fade"][0] for l in lines] == [0, 0, 0, 0, 0, 0, 0.5, 1, 1]
+
+
+def test_recipes_and_explicit_options(mnist_dir):
+    opts = {"data_dir": mnist_dir}
+    h = plan_run("mnist", {**opts, "recipe": "hierarchy"})
+    assert (h.train_cfg.schedule, h.train_cfg.kl_anneal, h.model_cfg.join, h.train_cfg.recipe) == \
+        ("progressive", "exp", "gated_add", "hierarchy")
+    p = plan_run("mnist", {**opts, "recipe": "paper"})
+    assert (p.train_cfg.schedule, p.train_cfg.kl_anneal, p.model_cfg.join) == ("plain", "linear", "concat")
+    mixed = plan_run("mnist", {**opts, "recipe": "hierarchy", "join": "concat", "steps": 900, "hidden": 512})
+    assert (mixed.model_cfg.join, mixed.train_cfg.steps, mixed.model_cfg.hidden) == ("concat", 900, 512)
+    hv = plan_run("mnist", {**opts, "model": "hvae"})  # the default recipe's ladder options do not apply to it
+    assert hv.train_cfg.schedule == "plain"
+
+
+def test_refused_settings(tmp_path, mnist_dir):
+    base = dict(train_limit=100, eval_limit=40, data_dir=str(mnist_dir), device="cpu", batch_size=20)
+    with pytest.raises(ConfigError, match="at least 25"):  # (3 - 1) x 10 + 5
+        train(default_config("mnist"), TrainConfig(steps=20, schedule="progressive", stage_steps=10, fade_steps=5,
+                                                   **base), tmp_path / "a", show_progress=False)
+    with pytest.raises(ConfigError, match="no ladder"):
+        train(default_config("mnist", "hvae"), TrainConfig(steps=20, schedule="progressive", **base),
+              tmp_path / "b", show_progress=False)
+    with pytest.raises(ConfigError, match="at most --steps / 3"):
+        train(default_config("mnist"), TrainConfig(steps=20, kl_anneal="exp", warmup=10, **base),
+              tmp_path / "c", show_progress=False)
+    for bad in ({"schedule": "staged"}, {"kl_anneal": "cosine"}, {"stage_steps": 0}, {"pre_kl": -1}):
+        with pytest.raises(ConfigError):
+            TrainConfig(**bad)
+
+
+def test_kl_scale_multiplies_each_level_weight(tmp_path, mnist_dir):
+    cfg = progressive(stage_steps=10, fade_steps=4, warmup=5, kl_scale=(3, 2, 1))
+    base = progressive(stage_steps=10, fade_steps=4, warmup=5)
+    for t in (0, 12, 25):
+        assert schedule.weights(t, cfg, 3)[1] == pytest.approx([b * w for b, w in zip((3, 2, 1), schedule.weights(t, base, 3)[1])])
+    assert schedule.weights(3, TrainConfig(steps=10, warmup=4, kl_scale=(0, 2)), 2)[1] == [0.0, 2.0]
+    with pytest.raises(ConfigError, match="2 factors for 3 levels"):
+        train(default_config("mnist"), TrainConfig(steps=4, kl_scale=(1, 2), train_limit=100, data_dir=str(mnist_dir),
+                                                   device="cpu"), tmp_path / "a", show_progress=False)
