@@ -41,16 +41,22 @@ def wait_for_lines(run: Path, proc: subprocess.Popen, n: int, timeout: float = 2
     pytest.fail(f"no step {n} within {timeout} s")
 
 
+RECIPES = {"paper": ["--recipe", "paper"],  # the top level alone for steps 1-3, the bottom one fading in over 4-5:
+           "hierarchy": ["--recipe", "hierarchy", "--warmup", "2", "--fade-steps", "2"]}  # kills land mid-stage
+
+
 @pytest.mark.slow
-def test_sigkill_at_random_step_then_resume_matches_uninterrupted_run(tmp_path, mnist_dir):
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_sigkill_at_random_step_then_resume_matches_uninterrupted_run(tmp_path, mnist_dir, recipe):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    p = vlae([*SMALL, "--steps", str(STEPS), "--out", str(ref)], mnist_dir)
+    small = [*SMALL, *RECIPES[recipe]]  # the later --warmup wins
+    p = vlae([*small, "--steps", str(STEPS), "--out", str(ref)], mnist_dir)
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
 
     seed = int(os.environ.get("VLAE_TEST_SEED", "0"))  # another seed tries another kill step; the same one repeats it
     kill_after = random.Random(seed).randint(3, STEPS - 1)  # after a checkpoint (step 2) and before the end
-    p = vlae([*SMALL, "--steps", str(STEPS), "--out", str(cut)], mnist_dir)
+    p = vlae([*small, "--steps", str(STEPS), "--out", str(cut)], mnist_dir)
     wait_for_lines(cut, p, kill_after)
     p.send_signal(signal.SIGKILL)
     p.communicate()
@@ -65,7 +71,8 @@ def test_sigkill_at_random_step_then_resume_matches_uninterrupted_run(tmp_path, 
     assert [l["step"] for l in b] == list(range(1, STEPS + 1)), [l["step"] for l in b]
     for la, lb in zip(a, b):
         assert la["loss"] == pytest.approx(lb["loss"], rel=1e-5, abs=1e-4), (la, lb)
-        assert la["kl_weight"] == lb["kl_weight"]
+        assert la["kl_weight"] == lb["kl_weight"] and la.get("fade") == lb.get("fade")
+        assert la.get("kl_weights") == lb.get("kl_weights")
     wa, wb = read_checkpoint(ref / "ckpt.safetensors"), read_checkpoint(cut / "ckpt.safetensors")
     assert wb.step == STEPS
     for k, v in wa.model_state.items():

@@ -77,17 +77,28 @@ def test_zero_pre_kl_leaves_switched_off_encoders_untouched():
     assert model.q[1].mu.weight.grad.any()
 
 
-def test_training_logs_the_schedule_it_applies(tmp_path, mnist_dir):
+def test_training_applies_and_logs_the_schedule(tmp_path, mnist_dir, monkeypatch):
+    """What each step of train() actually ran with (the model's fade and the KL weights handed to the step)
+    and what it logged are schedule.weights of that step; the logged loss is recon + sum_l w_l KL_l."""
+    seen = []
+
+    def recording(net, model, *a, **kw):
+        step = make_step(net, model, *a, **kw)
+        return lambda x, w, eps: (seen.append((model.fade.tolist(), w.tolist())), step(x, w, eps))[1]
+
+    monkeypatch.setattr("vlae_fast.train.make_step", recording)
     m = default_config("mnist", "vlae", latent_dims=[2, 2, 2], hidden=32, join="gated_add")
     cfg = TrainConfig(steps=9, schedule="progressive", kl_anneal="exp", warmup=3, stage_steps=3, fade_steps=2,
                       pre_kl=0.3, batch_size=20, train_limit=100, eval_limit=40, data_dir=str(mnist_dir),
                       device="cpu", log_every=1, save_every=0)
     train(m, cfg, tmp_path / "run", show_progress=False)
     lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
-    for line in lines:
-        alphas, ws = schedule.weights(line["step"] - 1, cfg, 3)
-        assert line["fade"] == alphas and line["kl_weights"] == ws
-    assert [l["fade"][0] for l in lines] == [0, 0, 0, 0, 0, 0, 0.5, 1, 1]
+    assert len(seen) == len(lines) == 9
+    for t, (line, (fade, w)) in enumerate(zip(lines, seen)):
+        alphas, ws = schedule.weights(t, cfg, 3)
+        assert line["fade"] == alphas == fade and line["kl_weights"] == ws and w == pytest.approx(ws)
+        assert line["loss"] == pytest.approx(line["recon"] + sum(a * b for a, b in zip(ws, line["kl"])), rel=1e-5)
+    assert [f[0] for f, _ in seen] == [0, 0, 0, 0, 0, 0, 0.5, 1, 1]
 
 
 def test_recipes_and_explicit_options(mnist_dir):
