@@ -15,7 +15,7 @@ from pathlib import Path
 from .checkpoint import CKPT_NAME, Checkpoint, read_checkpoint, tensor_names
 from .data import data_options, image_shape_of
 from .errors import CheckpointError, ConfigError
-from .models import REGISTRY, default_config, default_lr
+from .models import REGISTRY, default_config, default_lr, model_for
 from .models.vlae import FlatPriorLadder
 from .recipes import recipe_options
 from .resume import OVERRIDABLE, plan_resume, remove_stale_temps
@@ -142,6 +142,8 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
     shape = image_shape_of(dataset, o.get("data_dir"), **opts)
     ladder = model in REGISTRY and issubclass(REGISTRY[model][1], FlatPriorLadder)
     recipe, r = recipe_options(dataset, o.get("recipe"), ladder)
+    if model_for(dataset, model) != "vlae":
+        r.pop("join", None)  # the recipe's gated add is the MLP ladder's (MNIST); the conv ladders concatenate
     o = {**{k: v for k, v in r.items()}, **{k: v for k, v in o.items() if v is not None}}  # given options win
     model_extra = {k: o[k] for k in ("join", "hidden") if o.get(k) is not None and takes_option(model, k)}
     model_cfg = default_config(dataset, model, o.get("layers"), o.get("latent_dims"),

@@ -51,6 +51,11 @@ DATASET_DEFAULTS: dict[str, dict] = {
 }
 
 
+def model_for(dataset: str, model: str) -> str:
+    """The model `vlae train <dataset> --model <model>` builds: 'vlae' is the paper's ladder for that data set."""
+    return DATASET_DEFAULTS.get(dataset, {}).get("model", model) if model == "vlae" else model
+
+
 def default_config(dataset: str, model: str = "vlae", layers: int | None = None,
                    latent_dims: list[int] | None = None, **overrides):
     """The model config `vlae train <dataset>` uses: the data set's defaults, then the user's choices.
@@ -67,8 +72,7 @@ def default_config(dataset: str, model: str = "vlae", layers: int | None = None,
         raise ConfigError(f"the {dataset} data set's image shape comes from its files; pass image_shape")
     if dataset == "folder" and max(image_shape[1:]) >= 64:
         d = {**d, "latent_dim": 10, "latent_dims": None}
-    if model == "vlae" and "model" in d:
-        model = d["model"]  # the paper's ladder for this data set
+    model = model_for(dataset, model)
     L = layers or (len(latent_dims) if latent_dims and len(latent_dims) > 1 else d["layers"])
     if L < 1:
         raise ConfigError(f"--layers must be at least 1; got {L}")
@@ -81,4 +85,4 @@ def default_config(dataset: str, model: str = "vlae", layers: int | None = None,
                         "latent_dims": dims, **overrides})
 
 __all__ = ["DATASET_DEFAULTS", "REGISTRY", "ConvVLAE", "ConvVLAEConfig", "HVAE", "HVAEConfig", "VLAE", "VLAEConfig",
-           "build_model", "default_config", "default_lr", "make_config"]
+           "build_model", "default_config", "default_lr", "make_config", "model_for"]
