@@ -114,10 +114,11 @@ def train(
     schedule: Optional[Schedule] = typer.Option(None, help="plain (every level trains from step 0) or progressive "
                                                 "(the top level alone first, then each lower level faded in; "
                                                 "pro-VLAE, ladder models only)."),
-    stage_steps: Optional[int] = typer.Option(None, min=1, help="progressive: steps between one level switching on "
-                                              "and the next lower one (--steps must cover (L-1) stages + a fade)."),
+    stage_steps: Optional[int] = typer.Option(None, min=0, help="progressive: steps between one level switching on "
+                                              "and the next lower one (default --steps / L; --steps must cover (L-1) "
+                                              "stages + a fade)."),
     fade_steps: Optional[int] = typer.Option(None, min=0, help="progressive: steps over which a new level's generator "
-                                             "input rises from 0 to 1."),
+                                             "input rises from 0 to 1 (default a quarter of a stage)."),
     pre_kl: Optional[float] = typer.Option(None, min=0, help="progressive: KL weight of levels not yet switched on "
                                            "(keeps them at the prior until the generator listens)."),
     kl_scale: Optional[str] = typer.Option(None, callback=kl_factors, help="A fixed factor on each level's KL "

@@ -40,6 +40,8 @@ def test_default_stages_scale_with_the_run():
     cfg = progressive(steps=6000)
     assert (cfg.stage_steps, cfg.fade_steps, cfg.warmup) == (2000, 500, 1000)
     assert TrainConfig(steps=600).warmup == 300 and TrainConfig(steps=600, kl_anneal="exp").warmup == 100
+    tiny = progressive(steps=2)  # shorter than the 3 levels: no stages, every level on from step 0
+    assert tiny.stage_steps == 0 and schedule.weights(0, tiny, 3)[0] == [1.0, 1.0, 1.0]
 
 
 def test_each_stage_trains_only_the_levels_switched_on():
@@ -111,7 +113,10 @@ def test_recipes_and_explicit_options(mnist_dir):
     mixed = plan_run("mnist", {**opts, "recipe": "hierarchy", "join": "concat", "steps": 900, "hidden": 512})
     assert (mixed.model_cfg.join, mixed.train_cfg.steps, mixed.model_cfg.hidden) == ("concat", 900, 512)
     hv = plan_run("mnist", {**opts, "model": "hvae"})  # the default recipe's ladder options do not apply to it
-    assert hv.train_cfg.schedule == "plain"
+    assert hv.train_cfg.schedule == "plain" and hv.model_cfg.hidden == 1024
+    d = plan_run("mnist", opts)  # MNIST's default: the hierarchy recipe
+    assert (d.train_cfg.recipe, d.train_cfg.schedule, d.model_cfg.hidden, d.train_cfg.steps) == \
+        ("hierarchy", "progressive", 512, 6000)
 
 
 def test_refused_settings(tmp_path, mnist_dir):
@@ -125,7 +130,7 @@ def test_refused_settings(tmp_path, mnist_dir):
     with pytest.raises(ConfigError, match="at most --steps / 3"):
         train(default_config("mnist"), TrainConfig(steps=20, kl_anneal="exp", warmup=10, **base),
               tmp_path / "c", show_progress=False)
-    for bad in ({"schedule": "staged"}, {"kl_anneal": "cosine"}, {"stage_steps": 0}, {"pre_kl": -1}):
+    for bad in ({"schedule": "staged"}, {"kl_anneal": "cosine"}, {"stage_steps": -1}, {"pre_kl": -1}):
         with pytest.raises(ConfigError):
             TrainConfig(**bad)
 

@@ -33,7 +33,7 @@ class TrainConfig:
     recipe: str = "paper"  # the named recipe (recipes.py) whose defaults this run started from; a record only
     kl_anneal: str = "linear"  # linear: warmup = steps to reach 1; exp: 1 - exp(-t / warmup) (schedule.py)
     schedule: str = "plain"  # plain: every level from step 0; progressive: top level first (pro-VLAE, schedule.py)
-    stage_steps: int | None = None  # progressive: steps between one level switching on and the next; None = steps / L
+    stage_steps: int | None = None  # progressive: steps between one level switching on and the next (0 = none); None = steps / L
     fade_steps: int | None = None  # progressive: steps over which a level's input fades in, 0 -> 1; None = stage / 4
     pre_kl: float = 0.5  # progressive: KL weight of the levels not yet switched on (keeps them at the prior)
     kl_scale: tuple[float, ...] | None = None  # a fixed factor on each level's KL weight, bottom first (beta_l); None = 1
@@ -44,15 +44,16 @@ class TrainConfig:
         for name, value, allowed in (("kl-anneal", self.kl_anneal, ANNEALS), ("schedule", self.schedule, SCHEDULES)):
             if value not in allowed:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}; got {value!r}")
-        if (self.stage_steps is not None and self.stage_steps < 1) or (self.fade_steps or 0) < 0 or self.pre_kl < 0:
-            raise ConfigError(f"--stage-steps must be >= 1, --fade-steps and --pre-kl >= 0; got {self.stage_steps}, "
+        if (self.stage_steps or 0) < 0 or (self.fade_steps or 0) < 0 or self.pre_kl < 0:
+            raise ConfigError(f"--stage-steps, --fade-steps and --pre-kl must be >= 0; got {self.stage_steps}, "
                               f"{self.fade_steps}, {self.pre_kl:g}")
 
     def resolve_stages(self, layers: int) -> None:
         """Fix the progressive stages for a model of `layers` levels: by default L equal stages (the top level
-        alone, then one more level each), each new level fading in over a quarter of a stage."""
+        alone, then one more level each), each new level fading in over a quarter of a stage. A run shorter
+        than L steps gets stages of 0 steps: every level on from the start."""
         if self.stage_steps is None:
-            self.stage_steps = max(1, self.steps // layers)
+            self.stage_steps = self.steps // layers
         if self.fade_steps is None:
             self.fade_steps = self.stage_steps // 4
         if self.kl_scale is not None:

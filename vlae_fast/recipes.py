@@ -11,11 +11,12 @@ RECIPES: dict[str, dict] = {
     "paper": {},
     # stages of steps / L, fades of a quarter stage, KL time constant steps / 6 (TrainConfig's defaults for
     # progressive and exp): 6000 steps = the top level alone for 2000, then level 2 over 500, level 1 at 4000
-    "hierarchy": {"schedule": "progressive", "pre_kl": 0.5, "kl_anneal": "exp", "join": "gated_add", "steps": 6000},
+    "hierarchy": {"schedule": "progressive", "pre_kl": 0.5, "kl_anneal": "exp", "join": "gated_add", "hidden": 512,
+                  "steps": 6000},
 }
-LADDER_ONLY = ("schedule", "stage_steps", "fade_steps", "pre_kl", "join")  # what a model without a ladder ignores
+LADDER_ONLY = ("schedule", "stage_steps", "fade_steps", "pre_kl", "join", "hidden")  # what a model without a ladder ignores
 
-DEFAULT_RECIPE: dict[str, str] = {}  # data set -> its default recipe; others: paper
+DEFAULT_RECIPE: dict[str, str] = {"mnist": "hierarchy"}  # data set -> its default recipe; others: paper
 
 
 def recipe_options(dataset: str, recipe: str | None, ladder: bool) -> tuple[str, dict]:

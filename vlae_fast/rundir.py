@@ -143,7 +143,8 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
     ladder = model in REGISTRY and issubclass(REGISTRY[model][1], FlatPriorLadder)
     recipe, r = recipe_options(dataset, o.get("recipe"), ladder)
     if model_for(dataset, model) != "vlae":
-        r.pop("join", None)  # the recipe's gated add is the MLP ladder's (MNIST); the conv ladders concatenate
+        for k in ("join", "hidden"):  # the MNIST MLP ladder's: the conv ladders keep their concat and widths
+            r.pop(k, None)
     o = {**{k: v for k, v in r.items()}, **{k: v for k, v in o.items() if v is not None}}  # given options win
     model_extra = {k: o[k] for k in ("join", "hidden") if o.get(k) is not None and takes_option(model, k)}
     model_cfg = default_config(dataset, model, o.get("layers"), o.get("latent_dims"),

@@ -1,0 +1,42 @@
+"""bench/hierarchy.py: issue 17's targets read off vlae eval reports, each claim failing on its own."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+import hierarchy  # noqa: E402
+
+GOOD = {"knn": [0.2, 0.3, 0.8], "ink": [0.5, 0.3, 0.2], "width": [0.2, 0.5, 0.3], "slant": [0.1, 0.6, 0.3],
+        "class": [0.1, 0.25, 0.65], "elbo": 15.0}
+
+
+def test_all_targets_hold_on_a_run_that_meets_them():
+    assert all(hierarchy.verdicts(GOOD).values())
+
+
+@pytest.mark.parametrize("key, value, claim", [
+    ("knn", [0.2, 0.3, 0.74], "identity"), ("knn", [0.36, 0.4, 0.8], "identity"),
+    ("knn", [0.2, 0.5, 0.45], "identity"), ("ink", [0.3, 0.5, 0.2], "ink"),
+    ("width", [0.5, 0.2, 0.3], "width"), ("slant", [0.1, 0.3, 0.6], "width"),
+    ("class", [0.16, 0.2, 0.64], "class"), ("class", [0.1, 0.31, 0.59], "class"), ("elbo", 11.3, "ELBO")])
+def test_each_target_fails_alone(key, value, claim):
+    v = hierarchy.verdicts({**GOOD, key: value})
+    assert [k for k, ok in v.items() if not ok] == [k for k in v if k.startswith(claim)]
+
+
+def test_table_from_reports_with_seeds(tmp_path):
+    paths = []
+    for seed, top in enumerate((0.8, 0.7)):
+        r = {"levels": [{"knn_acc": a} for a in (0.2, 0.3, top)], "elbo": 15.0,
+             "factors": {k: GOOD[k] for k in ("ink", "width", "slant", "class")},
+             "run": {"settings": {"recipe": "hierarchy", "seed": seed}, "train_seconds": 600, "steps": 10}}
+        paths.append(tmp_path / f"s{seed}.json")
+        paths[-1].write_text(json.dumps(r))
+    out = subprocess.run([sys.executable, "bench/hierarchy.py", *map(str, paths)], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    assert "| s0 | 0 | 0.20 / 0.30 / 0.80 |" in out and "| 10 | 5/5 |" in out and "4/5 (fails: identity" in out
+    assert "0.75 ± 0.07" in out and "identity rises, top >= .75, bottom <= .35: holds on 1 of 2 seeds" in out
