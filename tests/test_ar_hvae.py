@@ -78,7 +78,8 @@ def test_decoder_and_priors_read_every_level_above():
     assert not torch.allclose(ar.decode(z), ar.decode(z_top))
     assert not torch.allclose(ar.p_params(0, ar.prior_input(z, 0))[0], ar.p_params(0, ar.prior_input(z_top, 0))[0])
     assert torch.equal(markov.decode(z), markov.decode(z_top))
-    assert torch.equal(markov.p_params(0, markov.prior_input(z, 0))[0], markov.p_params(0, markov.prior_input(z_top, 0))[0])
+    prior_mean = [markov.p_params(0, markov.prior_input(zz, 0))[0] for zz in (z, z_top)]
+    assert torch.equal(*prior_mean)
     assert ar.f0[0][0].in_features == sum(DIMS) and [f[0][0].in_features for f in ar.f] == [3 + 4, 4]
 
 

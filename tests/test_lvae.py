@@ -37,7 +37,8 @@ def test_precision_weighted_is_the_normalised_product_of_the_two_gaussians():
     shape with means away from 0 and variances from 1e-3 to 1e3."""
     g = torch.Generator().manual_seed(0)
     shape = (37, 5)
-    mu_hat, mu_p = 3 + 2 * torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(shape, generator=g, dtype=torch.float64) - 2
+    mu_hat = 3 + 2 * torch.randn(shape, generator=g, dtype=torch.float64)
+    mu_p = torch.randn(shape, generator=g, dtype=torch.float64) - 2
     logvar_hat = 14 * torch.rand(shape, generator=g, dtype=torch.float64) - 7
     logvar_p = 14 * torch.rand(shape, generator=g, dtype=torch.float64) - 7
     mu_q, logvar_q = precision_weighted(mu_hat, logvar_hat, mu_p, logvar_p)
@@ -65,8 +66,7 @@ def test_precision_weighted_by_numeric_integration():
 
 def test_precision_weighted_stays_finite_and_has_gradients_at_extreme_variances():
     """Variances of e^+-100 overflow float32 in the textbook form (1 / inf, 1 / 0); the log-space form holds."""
-    leaves = [torch.tensor([1.0, -3.0]), torch.tensor([-100.0, 100.0]), torch.tensor([2.0, 0.5]), torch.tensor([100.0, -100.0])]
-    leaves = [t.requires_grad_() for t in leaves]
+    leaves = [torch.tensor(v, requires_grad=True) for v in ([1.0, -3.0], [-100.0, 100.0], [2.0, 0.5], [100.0, -100.0])]
     mu_q, logvar_q = precision_weighted(*leaves)
     torch.testing.assert_close(mu_q.detach(), torch.tensor([1.0, 0.5]))  # the far narrower Gaussian wins
     torch.testing.assert_close(logvar_q.detach(), torch.tensor([-100.0, -100.0]))

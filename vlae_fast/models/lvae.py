@@ -11,7 +11,8 @@ Inference (ladder):
     top-down:                  q(z_L | x) = N(mu_hat_L, var_hat_L)
                                q(z_l | z_{l+1}, x) = N(mu_hat_l, var_hat_l) * p(z_l | z_{l+1}), renormalised:
                                precision_weighted() below, for l < L
-Learning:  ELBO = E_q[log p(x | z_1)] - KL(q(z_L | x) || N(0, I)) - sum_{l<L} E_q[KL(q(z_l | z_{l+1}, x) || p(z_l | z_{l+1}))]
+Learning:  ELBO = E_q[log p(x | z_1)] - KL(q(z_L | x) || N(0, I))
+                  - sum_{l<L} E_q[KL(q(z_l | z_{l+1}, x) || p(z_l | z_{l+1}))]
            every KL in closed form, given the sampled z_{l+1} above it (q factorises top-down, so this is eq. 5).
 
 A level's control is the generative noise eps_l, as for the HVAE (the prior, and so the traversals, are the
