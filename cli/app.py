@@ -76,7 +76,8 @@ def train(
     dataset: Dataset = typer.Argument(..., help="Data set to train on (folder: your images, --data-dir PATH).",
                                       show_default=False),
     model: Model = typer.Option("vlae", help="vlae (the paper's ladder; svhn/celeba/folder get its convolutional "
-                                "conv_vlae) or hvae (the Markov HVAE baseline, eq. 4-5)."),
+                                "conv_vlae), hvae (the Markov HVAE baseline, eq. 4-5), lvae (its generator with "
+                                "ladder inference) or ar_hvae (the autoregressive HVAE, eq. 3)."),
     layers: Optional[int] = typer.Option(None, min=1, help="Number of ladder levels L (default: the data set's, MNIST 3)."),
     latent_dim: Optional[str] = typer.Option(None, callback=code_widths, help="Code width per level: one value "
                                              "(e.g. 2) or one per level, bottom first (e.g. 2,2,4)."),
@@ -84,7 +85,8 @@ def train(
                                         "with --resume: the run's, or more to train further)."),
     batch_size: int = typer.Option(TrainConfig.batch_size, min=1, help="Images per step."),
     lr: Optional[float] = typer.Option(None, callback=positive, help=f"Adam learning rate, > 0 (default: the model's "
-                                       f"own, hvae 1e-4, else {TrainConfig.lr:g}; with --resume: the run's)."),
+                                       f"own, hvae, lvae and ar_hvae 1e-4, else {TrainConfig.lr:g}; with --resume: "
+                                       "the run's)."),
     grad_clip: Optional[float] = typer.Option(None, min=0, help="Clip the global gradient norm to this; 0 = off "
                                               "(default 0; with --resume: the run's)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder (or from this ckpt.safetensors) "
@@ -271,7 +273,8 @@ def encode(
 @app.command()
 def gibbs(
     ckpt: Optional[Path] = typer.Argument(None, show_default=False, help=(
-        "An HVAE run folder or ckpt.safetensors (`vlae train mnist --model hvae`). Without it, the paper's 3-level "
+        "A Markov HVAE run folder or ckpt.safetensors (`vlae train mnist --model hvae`, or lvae); with --whole any "
+        "model's. Without it, the paper's 3-level "
         f"MNIST HVAE is trained once under {runs.DEFAULT_HVAE_RUN}/ (~30 min on 2 CPU cores) and reused after.")),
     steps: int = typer.Option(100, "--steps", min=1, help="Gibbs steps T of each chain."),
     chains: int = typer.Option(100, min=1, help="Number of chains N (and of ancestral samples beside them)."),
@@ -279,6 +282,8 @@ def gibbs(
                               "panel (0 = only the last)."),
     init: Init = typer.Option("data", help="Starting points: data (random test images) or noise (uniform in \\[0, 1])."),
     feed: Feed = typer.Option("sample", help="What continues the chain: sample (x ~ p(x|z_1) as drawn, eq. 6) or mean."),
+    whole: bool = flag(False, "--whole", help="Proposition 2: the chain on the whole code, z ~ q(z|x_t) at every "
+                       "level, x_{t+1} ~ p(x|z); any model (without it: eq. 6 on z_1, Markov HVAEs only)."),
     out_path: Path = typer.Option(Path("gibbs.png"), "--out", help="PNG (left Gibbs, right ancestral, titled) or "
                                   ".npz (keys gibbs, ancestral\\[, states]); its folder must exist."),
     seed: int = typer.Option(0, min=0, help="Random seed (starting points, chain noise, ancestral samples)."),
@@ -288,29 +293,31 @@ def gibbs(
     json_out: bool = JSON,
 ) -> None:
     """Figure 2: a Gibbs chain on the bottom level only, z_1 ~ q(z_1|x_t), x_{t+1} ~ p(x|z_1) (eq. 6),
-    beside ancestral samples of the whole model. Images show the mean of p(x|z_1); the chain goes on
-    with a sample of it. Prints sample-quality scores from a small MNIST classifier (trained once, cached)."""
+    beside ancestral samples of the whole model; --whole: on every level, z ~ q(z|x_t), x_{t+1} ~ p(x|z)
+    (Proposition 2). Images show the mean of p(x|z); the chain goes on with a sample of it. Prints
+    sample-quality scores from a small MNIST classifier (trained once, cached)."""
     with user_errors():
         check_writable(out_path)
         if ckpt is None:
             ckpt, trained = runs.default_hvae(data_dir, device, progress)
             err.print(f"{'trained' if trained else 'reusing'} {runs.describe(ckpt)}", highlight=False)
         model, info = load(ckpt, device, out_path)
-        gibbs_lib.check_hvae(model)
+        gibbs_lib.check_hvae(model, whole)
         check_request(chains * (2 + (steps // every if every else 0)), model.cfg.image_shape, ".npz",
                       f"--chains {chains}")
         data = load_for_checkpoint(info, "test", data_dir) if value(init) == "data" else None
-        res = gibbs_lib.run_gibbs(model, data, chains, steps, every, value(init), value(feed), seed)
+        res = gibbs_lib.run_gibbs(model, data, chains, steps, every, value(init), value(feed), seed, whole)
         left = res["states"] if every else res["gibbs"]
-        label = f"Gibbs on z_1, rows every {every} steps" if every else f"Gibbs on z_1, {steps} steps"
+        on = "all of z" if whole else "z_1"
+        label = f"Gibbs on {on}, rows every {every} steps" if every else f"Gibbs on {on}, {steps} steps"
         path = save_panels([(label, left), ("ancestral, all levels", res["ancestral"])], out_path, **res)
         quality = score_samples({k: res[k] for k in ("gibbs", "ancestral")}, info.config.dataset,
                                 checkpoint_data_dir(info, data_dir), progress)
     if json_out:
         return print_json({"out": str(path), "chains": chains, "steps": steps, "init": value(init),
-                           "feed": value(feed), **(quality or {"scores": None})})
-    out.print(f"wrote {chains} Gibbs-chain samples ({steps} steps from {value(init)}) and {chains} ancestral samples "
-              f"to {path}", highlight=False)
+                           "feed": value(feed), "whole": whole, **(quality or {"scores": None})})
+    out.print(f"wrote {chains} Gibbs-chain samples ({steps} steps on {'every level' if whole else 'z_1'} from "
+              f"{value(init)}) and {chains} ancestral samples to {path}", highlight=False)
     if quality is None:
         out.print("no quality scores: the classifier knows MNIST only")
         return

@@ -1,17 +1,23 @@
-"""`vlae gibbs` (Figure 2), its default model, the cached classifier, and the HVAE traverse summary."""
+"""`vlae gibbs` (Figure 2; --whole: Proposition 2), its default model, the cached classifier, and the HVAE traverse
+summary."""
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from vlae_fast import gibbs, runs
-from vlae_fast.checkpoint import read_checkpoint
-from vlae_fast.classifier import load_classifier, quality_scores
+from vlae_fast.checkpoint import read_checkpoint, save_checkpoint
+from vlae_fast.classifier import FORMAT as CLASSIFIER_FORMAT, DigitNet, load_classifier, quality_scores
 from vlae_fast.cli.app import app
 from vlae_fast.data import load_dataset
 from vlae_fast.errors import CheckpointError, ConfigError
+from vlae_fast.kernels import reparam_kl
+from vlae_fast.models import build_model, default_config
 
 runner = CliRunner()
 TINY = {"steps": 3, "warmup": 2, "batch_size": 50, "train_limit": 200, "eval_limit": 100, "save_every": 0}
@@ -204,3 +210,122 @@ def test_the_sampling_module_does_not_train():
     imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(gibbs)))
                 if isinstance(node, ast.ImportFrom)}
     assert not imported & {"train", "config", "runs"}, imported
+
+
+# --- Proposition 2: the chain on the whole code (--whole) ------------------------------------------------
+def small(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(default_config("mnist", name, latent_dims=[2, 3, 4], hidden=32, channels=(8, 16))).eval()
+
+
+def test_chain_on_z1_of_an_hvae_is_eq6_drawn_as_before(hvae_ckpt):
+    """The chain on z_1 of a Markov HVAE, written out: z_1 ~ q(z_1 | x) from the seed's generator, x ~ p(x | z_1)
+    from the same one. Sampling the levels above from their own stream leaves these draws (and so the scores in
+    docs/gibbs.md) exactly as they were."""
+    from vlae_fast.checkpoint import load_model
+
+    model, _ = load_model(hvae_ckpt)
+    model.eval()
+    x0 = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    final, states = gibbs.gibbs_chain(model, x0, steps=3, every=1, seed=4)
+    g, x = torch.Generator().manual_seed(4), x0
+    with torch.no_grad():
+        for t in range(3):
+            mu, logvar = model.q_params(0, x)
+            mean = model.generate([reparam_kl(mu, logvar, torch.randn(mu.shape, generator=g))[0]])
+            x = gibbs.sample_x(mean, "gaussian", model.sigma, g)
+            torch.testing.assert_close(states[t], mean, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["hvae", "lvae"])
+def test_whole_chain_of_a_markov_model_is_its_chain_on_z1(name):
+    """x reads z_1 alone, so with the same seed the two chains are one chain, step for step."""
+    model = small(name)
+    x0 = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    on_z1 = gibbs.gibbs_chain(model, x0, steps=3, every=1, seed=2)
+    whole = gibbs.gibbs_chain(model, x0, steps=3, every=1, seed=2, whole=True)
+    torch.testing.assert_close(whole[1], on_z1[1], rtol=0, atol=0)
+
+
+def spy_decoder(model, monkeypatch) -> list:
+    """Record the codes every step of the chain decodes."""
+    seen, generate = [], model.generate
+
+    def recording(z):
+        seen.append([t.clone() for t in z])
+        return generate(z)
+
+    monkeypatch.setattr(model, "generate", recording)
+    return seen
+
+
+@pytest.mark.parametrize("name", ["ar_hvae", "lvae", "vlae"])
+def test_whole_chain_decodes_every_level_and_repeats_with_its_seed(name, monkeypatch):
+    """--whole: each step decodes a fresh z ~ q(z | x) on all levels ([N, d_l] each); the same seed gives the same
+    chain, another seed another; the chain on z_1 (where defined) decodes z_1 alone."""
+    model = small(name)
+    seen = spy_decoder(model, monkeypatch)
+    x0 = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    final, states = gibbs.gibbs_chain(model, x0, steps=3, every=1, seed=5, whole=True)
+    assert final.shape == (4, 1, 28, 28) and states.shape == (3, 4, 1, 28, 28)
+    assert len(seen) == 3 and all([t.shape for t in z] == [(4, 2), (4, 3), (4, 4)] for z in seen)
+    assert not torch.equal(seen[0][2], seen[1][2])  # the top level is redrawn every step
+    again = gibbs.gibbs_chain(model, x0, steps=3, every=1, seed=5, whole=True)[1]
+    torch.testing.assert_close(again, states, rtol=0, atol=0)
+    assert not torch.equal(gibbs.gibbs_chain(model, x0, steps=3, every=1, seed=6, whole=True)[1], states)
+    if model.GIBBS_ON_Z1:
+        seen.clear()
+        gibbs.gibbs_chain(model, x0, steps=2, seed=5)
+        assert [[t.shape for t in z] for z in seen] == [[(4, 2)]] * 2
+
+
+def test_chain_on_z1_needs_a_markov_model_and_whole_takes_any(tiny_ckpt):
+    from vlae_fast.checkpoint import load_model
+
+    ar = small("ar_hvae")
+    with pytest.raises(ConfigError, match="Markov HVAE.*--whole"):
+        gibbs.gibbs_chain(ar, torch.rand(2, 1, 28, 28), 2)
+    gibbs.check_hvae(small("lvae"))  # the LVAE's generative model is the HVAE's: Markov
+    vlae, _ = load_model(tiny_ckpt)
+    res = gibbs.run_gibbs(vlae, None, chains=3, steps=2, init="noise", whole=True)
+    assert res["gibbs"].shape == res["ancestral"].shape == (3, 1, 28, 28)
+
+
+@pytest.fixture()
+def untrained_classifier(tmp_path, monkeypatch):
+    """An untrained DigitNet where the command looks for the cached classifier: the scores' plumbing only."""
+    cache = tmp_path / "cache"
+    path = cache / "vlae-fast" / "classifier" / "mnist-cnn.safetensors"
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in DigitNet().state_dict().items()}, path,
+              metadata={"format": CLASSIFIER_FORMAT, "test_accuracy": "0.1", "epochs": "0"})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return path
+
+
+def test_cli_gibbs_on_z1_of_an_lvae(tmp_path, untrained_classifier, mnist_dir):
+    ckpt = save_checkpoint(tmp_path / "lvae.safetensors", small("lvae"), train={"data_dir": str(mnist_dir)})
+    r = runner.invoke(app, ["gibbs", str(ckpt), "--steps", "2", "--chains", "4", "--out", str(tmp_path / "g.png"),
+                            "--data-dir", str(mnist_dir), "--device", "cpu", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "2 steps on z_1 from data" in " ".join(r.output.split()) and "confidence" in r.output
+
+
+def test_cli_gibbs_whole_on_an_ar_hvae(tmp_path, untrained_classifier, mnist_dir):
+    ckpt = save_checkpoint(tmp_path / "ar.safetensors", small("ar_hvae"), train={"data_dir": str(mnist_dir)})
+    r = runner.invoke(app, ["gibbs", str(ckpt), "--out", str(tmp_path / "g.png"), "--no-progress"])
+    assert r.exit_code == 2 and "--whole" in r.stderr and "Traceback" not in r.output
+    npz = tmp_path / "g.npz"
+    r = runner.invoke(app, ["gibbs", str(ckpt), "--whole", "--steps", "4", "--every", "2", "--chains", "5", "--init",
+                            "noise", "--out", str(npz), "--device", "cpu", "--no-progress", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["whole"] is True and set(out["scores"]) == {"gibbs", "ancestral"}
+    d = np.load(npz)
+    assert d["gibbs"].shape == d["ancestral"].shape == (5, 1, 28, 28) and d["states"].shape == (2, 5, 1, 28, 28)
+    png = tmp_path / "g.png"
+    r = runner.invoke(app, ["gibbs", str(ckpt), "--whole", "--steps", "2", "--chains", "4", "--init", "noise",
+                            "--out", str(png), "--device", "cpu", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "on every level" in " ".join(r.output.split()) and "confidence" in r.output

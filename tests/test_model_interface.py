@@ -10,6 +10,8 @@ from vlae_fast.models.base import LatentModel
 MODELS = {
     "vlae": dict(hidden=32, channels=(8, 16)),
     "hvae": dict(hidden=32, channels=(8, 16)),
+    "lvae": dict(hidden=32, channels=(8, 16)),
+    "ar_hvae": dict(hidden=32, channels=(8, 16)),
 }
 
 

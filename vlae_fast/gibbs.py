@@ -3,6 +3,13 @@
 Proposition 1: at the ELBO's optimum the chain (eq. 6)
     z_1^(t) ~ q(z_1 | x^(t)),   x^(t+1) ~ p(x | z_1^(t))
 converges to p_data(x) without ever touching z_2 .. z_L; the figure shows how close a trained model gets.
+It needs p(x | z_1) alone: a Markov generative model (hvae, lvae; for the LVAE, z_1 ~ q(z_1 | x) is drawn
+through its top-down pass, the levels above sampled and then dropped).
+
+Proposition 2 (appendix A), `whole=True`: the chain on the whole code
+    z^(t) ~ q(z | x^(t)),   x^(t+1) ~ p(x | z^(t))
+converges to p_data(x) for any model with an inference network, the autoregressive HVAE's shortcuts and
+the VLAE included. For a Markov model the two chains are the same chain (x reads z_1 alone).
 """
 from __future__ import annotations
 
@@ -12,7 +19,6 @@ from torch import Tensor, nn
 from . import generate
 from .data import ImageSet
 from .errors import ConfigError
-from .kernels import reparam_kl
 
 INITS = ("data", "noise")
 FEEDS = ("sample", "mean")
@@ -47,23 +53,32 @@ def initial_states(model: nn.Module, init: str, n: int, data: ImageSet | None, s
     return data.batch(idx.to(data.x.device)).to(dev)
 
 
-def check_hvae(model: nn.Module) -> None:
-    """The chain of eq. 6 needs q(z_1 | x) and p(x | z_1) alone, i.e. a Markov HVAE."""
-    if not model.GIBBS_ON_Z1:
-        raise ConfigError(f"`vlae gibbs` needs a Markov HVAE checkpoint (train one with --model hvae); "
-                          f"this one holds a {model.cfg.model} model")
+def check_hvae(model: nn.Module, whole: bool = False) -> None:
+    """The chain of eq. 6 needs q(z_1 | x) and p(x | z_1) alone, i.e. a Markov HVAE (hvae, lvae); the chain on
+    the whole code (whole=True) needs only q(z | x) and p(x | z), which every model has."""
+    if not whole and not model.GIBBS_ON_Z1:
+        raise ConfigError(f"the chain on z_1 (eq. 6) needs a Markov HVAE checkpoint (--model hvae or lvae), whose x "
+                          f"depends on z_1 alone; this checkpoint's model is {model.cfg.model}: run the chain on "
+                          "the whole code with --whole (Proposition 2)")
+
+
+UPPER_SEED = 0x5EED  # offset of the noise stream of levels 2 .. L from the chain's own seed
 
 
 @torch.no_grad()
 def gibbs_chain(model: nn.Module, x0: Tensor, steps: int, every: int = 0, feed: str = "sample",
-                seed: int = 0) -> tuple[Tensor, Tensor | None]:
-    """Run eq. 6 for `steps` steps from x0 ([N, C, H, W]).
+                seed: int = 0, whole: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Run eq. 6 (on z_1) or, with whole=True, Proposition 2's chain (on every level) for `steps` steps from x0
+    ([N, C, H, W]).
 
-    Returns the mean of p(x | z_1) after the last step ([N, C, H, W], in [0, 1]) and, if every > 0, the
+    Returns the mean of p(x | z) after the last step ([N, C, H, W], in [0, 1]) and, if every > 0, the
     means after steps every, 2 every, ... ([steps // every, N, C, H, W]). The chain continues with a sample
-    of p(x | z_1) (feed='sample', eq. 6; unclamped) or with its mean (feed='mean', a deterministic-decoder variant).
+    of p(x | z) (feed='sample', eq. 6; unclamped) or with its mean (feed='mean', a deterministic-decoder variant).
+
+    The noise of z_1 and of x comes from one generator seeded with `seed`, that of levels 2 .. L from a second
+    one: so the chain on a Markov HVAE's z_1 draws exactly what it drew before levels above were sampled.
     """
-    check_hvae(model)
+    check_hvae(model, whole)
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1; got {steps}")
     if not 0 <= every <= steps:
@@ -72,12 +87,14 @@ def gibbs_chain(model: nn.Module, x0: Tensor, steps: int, every: int = 0, feed: 
         raise ConfigError(f"--feed must be one of {', '.join(FEEDS)}; got {feed!r}")
     model.eval()
     g = torch.Generator(device=x0.device).manual_seed(seed)
+    g_up = torch.Generator(device=x0.device).manual_seed(seed + UPPER_SEED)
+    n, (d1, *d_up) = x0.shape[0], model.latent_dims
     x, states = x0, []
     for t in range(1, steps + 1):
-        mu, logvar = model.q_params(0, x)  # q(z_1 | x^(t))
-        eps = torch.randn(mu.shape, generator=g, device=mu.device)
-        z1 = reparam_kl(mu, logvar, eps)[0]  # z_1^(t) = mu + sigma * eps
-        mean = model.generate([z1])  # mean of p(x | z_1^(t))
+        eps = [torch.randn(n, d1, generator=g, device=x.device)]
+        eps += [torch.randn(n, d, generator=g_up, device=x.device) for d in d_up]
+        z = model.posterior_sample(x, eps)  # z^(t) ~ q(z | x^(t)), every level: z_l = mu_l + sigma_l * eps_l
+        mean = model.generate(z if whole else z[:1])  # mean of p(x | z^(t)), or of p(x | z_1^(t)) alone
         x = mean if feed == "mean" else sample_x(mean, model.cfg.output, model.sigma, g)  # x^(t+1)
         if every and t % every == 0:
             states.append(mean)
@@ -86,12 +103,14 @@ def gibbs_chain(model: nn.Module, x0: Tensor, steps: int, every: int = 0, feed: 
 
 @torch.no_grad()
 def run_gibbs(model: nn.Module, data: ImageSet | None, chains: int = 100, steps: int = 100, every: int = 0,
-              init: str = "data", feed: str = "sample", seed: int = 0) -> dict[str, Tensor]:
-    """Figure 2's two panels: {'gibbs': [N, C, H, W], 'ancestral': [N, C, H, W]} (+ 'states' if every > 0)."""
+              init: str = "data", feed: str = "sample", seed: int = 0, whole: bool = False) -> dict[str, Tensor]:
+    """Figure 2's two panels: {'gibbs': [N, C, H, W], 'ancestral': [N, C, H, W]} (+ 'states' if every > 0);
+    the chain on z_1 (eq. 6) or, whole=True, on every level (Proposition 2)."""
     if chains < 1:
         raise ConfigError(f"--chains must be at least 1; got {chains}")
+    check_hvae(model, whole)  # before reading any data
     x0 = initial_states(model, init, chains, data, seed)
-    final, states = gibbs_chain(model, x0, steps, every, feed, seed)
+    final, states = gibbs_chain(model, x0, steps, every, feed, seed, whole)
     result = {"gibbs": final, "ancestral": generate.sample(model, chains, seed + 1)}
     if states is not None:
         result["states"] = states

@@ -4,14 +4,18 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ConfigError
+from .ar_hvae import ARHVAE, ARHVAEConfig
 from .conv_vlae import ConvVLAE, ConvVLAEConfig
 from .hvae import HVAE, HVAEConfig
+from .lvae import LVAE, LVAEConfig
 from .vlae import VLAE, VLAEConfig
 
 REGISTRY: dict[str, tuple[type, type]] = {  # name -> (config class, model class)
     "vlae": (VLAEConfig, VLAE),
     "conv_vlae": (ConvVLAEConfig, ConvVLAE),  # the SVHN / CelebA ladders
     "hvae": (HVAEConfig, HVAE),  # the Markov HVAE baseline (eq. 4-5)
+    "lvae": (LVAEConfig, LVAE),  # the HVAE's generative model with ladder inference (Figure 4, right)
+    "ar_hvae": (ARHVAEConfig, ARHVAE),  # the autoregressive HVAE (eq. 3): priors and decoder read every level above
 }
 
 
@@ -84,5 +88,6 @@ def default_config(dataset: str, model: str = "vlae", layers: int | None = None,
     return make_config({"model": model, "dataset": dataset, "image_shape": image_shape,
                         "latent_dims": dims, **overrides})
 
-__all__ = ["DATASET_DEFAULTS", "REGISTRY", "ConvVLAE", "ConvVLAEConfig", "HVAE", "HVAEConfig", "VLAE", "VLAEConfig",
+__all__ = ["DATASET_DEFAULTS", "REGISTRY", "ARHVAE", "ARHVAEConfig", "ConvVLAE", "ConvVLAEConfig", "HVAE", "HVAEConfig",
+           "LVAE", "LVAEConfig", "VLAE", "VLAEConfig",
            "build_model", "default_config", "default_lr", "make_config", "model_for"]

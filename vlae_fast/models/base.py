@@ -6,6 +6,7 @@ A model has L levels, bottom first (l = 1 is closest to x), level l with a d_l-w
     forward(x, eps=None) -> Output      one pass of the model's ELBO: logits, -log p(x | z), KL per level
     encode(x) -> (mus, logvars)         the per-level posterior means (and log-variances) of q(z | x)
     decode(z) -> logits                 f_0 of the codes z_1 .. z_L: [B, C, H, W] pre-sigmoid
+    posterior_sample(x, eps) -> z       z ~ q(z | x) with the given reparameterization noise (default: forward's z)
     log_weight(x) -> [B]                one sample of log p(x, z) - log q(z | x), z ~ q(z | x): the
                                         importance weight of the IW bound (its mean over z is the ELBO)
 
@@ -66,6 +67,11 @@ class LatentModel(nn.Module):
     def log_weight(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def posterior_sample(self, x: Tensor, eps: list[Tensor] | None = None) -> list[Tensor]:
+        """z ~ q(z | x), list of [B, d_l] bottom first, from the noise eps_l of forward's reparameterization
+        (drawn when None). This default runs the whole forward pass; models override it to skip the loss."""
+        return self(x, eps).z
+
     def codes_from_controls(self, c: list[Tensor]) -> list[Tensor]:
         return c
 
@@ -73,6 +79,11 @@ class LatentModel(nn.Module):
         return z
 
     # --- shared ------------------------------------------------------------------------------
+    @property
+    def sigma(self) -> float | None:
+        """The scale of p(x | z): sigma (gaussian) or b (laplace); None for bernoulli. HVAE may train it."""
+        return self.cfg.output_scale
+
     def prior_controls(self, n: int, generator: torch.Generator | None = None) -> list[Tensor]:
         """Every level's control drawn from N(0, I): list of [n, d_l], bottom first."""
         return [torch.randn(n, d, generator=generator, device=self.device) for d in self.latent_dims]

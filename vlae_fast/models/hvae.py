@@ -60,21 +60,39 @@ class HVAE(LatentModel):
         c1, c2 = cfg.channels
         Hd, dims = cfg.hidden, cfg.latent_dims
         self.feat_shape = (c2, H // 4, W // 4)
-        d_feat = c2 * (H // 4) * (W // 4)
+        self.d_feat = d_feat = c2 * (H // 4) * (W // 4)
 
         # inference, the generator in reverse: q(z_1 | x) two stride-2 convs; q(z_{l+1} | z_l) two dense layers
         enc = [nn.Sequential(conv_bn(C, c1), conv_bn(c1, c2), nn.Flatten())]
-        enc += [nn.Sequential(fc_bn(d, Hd), fc_bn(Hd, Hd)) for d in dims[:-1]]
+        enc += [nn.Sequential(fc_bn(self.up_width(l), Hd), fc_bn(Hd, Hd)) for l in range(1, len(dims))]
         self.enc = nn.ModuleList(enc)
         self.q = nn.ModuleList(GaussianHead(d_feat if l == 0 else Hd, d) for l, d in enumerate(dims))
 
         # generation: f_l (two dense layers on z_{l+1}) and the heads W1, sigm(W2 .) of p(z_l | z_{l+1}), l < L
-        self.f = nn.ModuleList(nn.Sequential(fc_bn(d, Hd, "relu"), fc_bn(Hd, Hd, "relu")) for d in dims[1:])
+        self.f = nn.ModuleList(nn.Sequential(fc_bn(self.prior_width(l), Hd, "relu"), fc_bn(Hd, Hd, "relu"))
+                               for l in range(len(dims) - 1))
         self.p = nn.ModuleList(GaussianHead(Hd, d) for d in dims[:-1])
         # f_0: z_1 -> a c2 x H/4 x W/4 map -> two stride-1/2 transposed convolutions -> image logits
-        self.f0 = nn.Sequential(fc_bn(dims[0], d_feat, "relu"), nn.Unflatten(1, self.feat_shape),
+        self.f0 = nn.Sequential(fc_bn(self.decoder_width(), d_feat, "relu"), nn.Unflatten(1, self.feat_shape),
                                 deconv_bn(c2, c1), nn.ConvTranspose2d(c1, C, 4, 2, 1))
         self.log_sigma = nn.Parameter(torch.tensor(math.log(cfg.output_scale))) if cfg.learn_scale else None
+
+    # --- what each network reads: the Markov HVAE's choices (the LVAE and the autoregressive HVAE change them) ---
+    def up_width(self, l: int) -> int:
+        """Width of what level l+1's inference layers enc[l] read, 0-based l >= 1: the code z_l below."""
+        return self.cfg.latent_dims[l - 1]
+
+    def prior_width(self, l: int) -> int:
+        """Width of what f_l of p(z_{l+1} | .) reads, 0-based l < L - 1: the code z_{l+2} above."""
+        return self.cfg.latent_dims[l + 1]
+
+    def decoder_width(self) -> int:
+        """Width of what f_0 reads: z_1."""
+        return self.cfg.latent_dims[0]
+
+    def prior_input(self, z: list[Tensor], l: int) -> Tensor:
+        """What p(z_{l+1} | .) is conditioned on, 0-based l < L - 1: z_{l+2} (Markov); z[l + 1:] must be filled."""
+        return z[l + 1]
 
     @property
     def sigma(self) -> float | None:
@@ -87,7 +105,8 @@ class HVAE(LatentModel):
         return self.q[l](self.enc[l](h))
 
     def p_params(self, l: int, z_above: Tensor) -> tuple[Tensor, Tensor]:
-        """p(z_{l+1} | z_{l+2}) as (mu, logvar) for 0-based l < L - 1: W1 f(z), 2 log sigm(W2 f(z))."""
+        """p(z_{l+1} | z_{l+2}) as (mu, logvar) for 0-based l < L - 1: W1 f(z), 2 log sigm(W2 f(z)).
+        z_above is prior_input(z, l)."""
         return self.p[l](self.f[l](z_above))
 
     def decode(self, z: list[Tensor]) -> Tensor:
@@ -116,7 +135,8 @@ class HVAE(LatentModel):
 
     def _lower_terms(self, z: list[Tensor], q_terms: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
         """log q(z_l | .) - log p(z_l | z_{l+1}) for every level below the top, one sample each (eq. 5)."""
-        return [gaussian_log_density(z[l], *q_terms[l]) - gaussian_log_density(z[l], *self.p_params(l, z[l + 1]))
+        return [gaussian_log_density(z[l], *q_terms[l])
+                - gaussian_log_density(z[l], *self.p_params(l, self.prior_input(z, l)))
                 for l in range(self.cfg.layers - 1)]
 
     def forward(self, x: Tensor, eps: list[Tensor] | None = None) -> Output:
@@ -133,6 +153,10 @@ class HVAE(LatentModel):
         top = gaussian_log_density(z[-1], *q_terms[-1]) - gaussian_log_density(
             z[-1], torch.zeros_like(z[-1]), torch.zeros_like(z[-1]))
         return -(self.recon_nll(x, self.decode(z)) + sum(self._lower_terms(z, q_terms)) + top)
+
+    def posterior_sample(self, x: Tensor, eps: list[Tensor] | None = None) -> list[Tensor]:
+        """z ~ q(z | x) along the inference path, with the given noise: list of [B, d_l], bottom first."""
+        return self._path(x, eps)[0]
 
     # --- generation -----------------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
@@ -151,7 +175,7 @@ class HVAE(LatentModel):
         z = [None] * self.cfg.layers
         z[-1] = eps[-1]
         for l in reversed(range(self.cfg.layers - 1)):
-            mu, logvar = self.p_params(l, z[l + 1])
+            mu, logvar = self.p_params(l, self.prior_input(z, l))
             z[l] = reparam_kl(mu, logvar, eps[l])[0]
         return z
 
@@ -161,6 +185,6 @@ class HVAE(LatentModel):
         eps = [None] * self.cfg.layers
         eps[-1] = z[-1]
         for l in range(self.cfg.layers - 1):
-            mu, logvar = self.p_params(l, z[l + 1])
+            mu, logvar = self.p_params(l, self.prior_input(z, l))
             eps[l] = (z[l] - mu) * torch.exp(-0.5 * logvar)
         return eps
