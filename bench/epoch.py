@@ -3,6 +3,10 @@
     python bench/epoch.py --data-dir ../shared/data/mnist                 # 600 steps of 100 images
     python bench/epoch.py --data-dir ../shared/data/mnist --compile --precision bf16
     python bench/epoch.py --data-dir ../shared/data/mnist --images 5000     # an epoch of the first 5000 images
+    python bench/epoch.py --data-dir ../shared/data/mnist --recipe paper    # the model of another recipe
+
+The model and schedule are those of `vlae train mnist --recipe R` (default: MNIST's default recipe), the
+run cut to one epoch (its stages and warm-up scaled to it, as for any --steps).
 
 Prints (and appends to bench/results/<device>-epoch.jsonl) the wall time of the whole call, the training
 loop's own time (the `train_seconds` train() reports: from the first step to the last, data on the device
@@ -26,8 +30,11 @@ sys.path.insert(0, str(HERE))
 
 from train_step import device_slug  # noqa: E402
 
-from vlae_fast.models import default_config  # noqa: E402
-from vlae_fast.train import TrainConfig, resolve_device, train  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+from vlae_fast.recipes import RECIPES  # noqa: E402
+from vlae_fast.rundir import plan_run  # noqa: E402
+from vlae_fast.train import resolve_device, train  # noqa: E402
 
 
 def main() -> None:
@@ -39,21 +46,22 @@ def main() -> None:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--images", type=int, default=60000, help="train on the first N training images (one epoch of them)")
     p.add_argument("--eval-limit", type=int, default=1000, help="test images of the final evaluation")
+    p.add_argument("--recipe", default=None, choices=sorted(RECIPES), help="vlae train's --recipe (default: MNIST's)")
     p.add_argument("--out", default=str(HERE / "results"))
     args = p.parse_args()
     steps = args.images // args.batch_size
-    cfg = TrainConfig(steps=steps, batch_size=args.batch_size, device=args.device, data_dir=args.data_dir,
-                      save_every=0, log_every=100, eval_limit=args.eval_limit,
-                      train_limit=args.images if args.images < 60000 else None, compile=args.compile,
-                      precision=args.precision)
+    plan = plan_run("mnist", {"recipe": args.recipe, "data_dir": args.data_dir})
+    cfg = replace(plan.train_cfg, steps=steps, batch_size=args.batch_size, device=args.device, save_every=0,
+                  log_every=100, eval_limit=args.eval_limit, train_limit=args.images if args.images < 60000 else None,
+                  compile=args.compile, precision=args.precision, warmup=None, stage_steps=None, fade_steps=None)
     with tempfile.TemporaryDirectory() as run:
         t0 = time.perf_counter()
-        result = train(default_config("mnist"), cfg, run, show_progress=False)
+        result = train(plan.model_cfg, cfg, run, show_progress=False)
         wall = time.perf_counter() - t0
     device = resolve_device(args.device)
     row = {"device": device_slug(device), "date": time.strftime("%Y-%m-%d %H:%M %Z"), "torch": torch.__version__,
            "threads": torch.get_num_threads(), "loadavg": list(os.getloadavg()), "images": args.images, "steps": steps,
-           "batch_size": args.batch_size, "compile": args.compile, "precision": args.precision,
+           "batch_size": args.batch_size, "recipe": cfg.recipe, "hidden": plan.model_cfg.hidden, "compile": args.compile, "precision": args.precision,
            "wall_s": round(wall, 2), "train_loop_s": result["train_seconds"],
            "rest_s": round(wall - result["train_seconds"], 2), "test_elbo": result["elbo"]}
     print(json.dumps(row))
