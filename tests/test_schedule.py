@@ -112,8 +112,10 @@ def test_recipes_and_explicit_options(mnist_dir):
     assert (p.train_cfg.schedule, p.train_cfg.kl_anneal, p.model_cfg.join) == ("plain", "linear", "concat")
     mixed = plan_run("mnist", {**opts, "recipe": "hierarchy", "join": "concat", "steps": 900, "hidden": 512})
     assert (mixed.model_cfg.join, mixed.train_cfg.steps, mixed.model_cfg.hidden) == ("concat", 900, 512)
-    hv = plan_run("mnist", {**opts, "model": "hvae"})  # the default recipe's ladder options do not apply to it
-    assert hv.train_cfg.schedule == "plain" and hv.model_cfg.hidden == 1024
+    for model in ("hvae", "lvae", "ar_hvae"):  # no ladder: their default stays the paper's recipe
+        hv = plan_run("mnist", {**opts, "model": model})
+        assert (hv.train_cfg.recipe, hv.train_cfg.schedule, hv.train_cfg.kl_anneal, hv.train_cfg.steps,
+                hv.model_cfg.hidden) == ("paper", "plain", "linear", 4000, 1024)
     d = plan_run("mnist", opts)  # MNIST's default: the hierarchy recipe
     assert (d.train_cfg.recipe, d.train_cfg.schedule, d.model_cfg.hidden, d.train_cfg.steps) == \
         ("hierarchy", "progressive", 512, 6000)
