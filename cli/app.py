@@ -371,7 +371,9 @@ def info(
                   f"likelihood {d['config'].get('output')}"),
         ("data set", f"{d['dataset']}" + (f" from {d['data_dir']}" if d["data_dir"] else "")),
         ("step", f"{d['step']} of {d['total_steps']}" + (" (finished)" if d["finished"] else " (unfinished)")),
-        ("training", ", ".join(f"{k} {d['train'][k]}" for k in ("batch_size", "lr", "warmup", "seed") if k in d["train"])),
+        ("training", ", ".join(f"{k} {d['train'][k]}" for k in ("recipe", "schedule", "stage_steps", "fade_steps",
+                                                               "kl_anneal", "warmup", "kl_scale", "batch_size", "lr",
+                                                               "seed") if d["train"].get(k) is not None)),
         ("last train line", f"loss {last['loss']:.2f} (KL weight {last.get('kl_weight', '?')})" if "loss" in last else "none"),
         ("test ELBO", f"{test['elbo']:.2f} nats/image, MSE {test['mse']:.5f} per pixel" if "elbo" in test else "not evaluated"),
         ("holds", ("optimizer state" if d["optimizer_state"] else "no optimizer state (cannot resume exactly)")
