@@ -105,8 +105,8 @@ def train(
     output: Optional[Likelihood] = typer.Option(None, hidden=True, help="Deprecated name of --likelihood."),
     join: Optional[Join] = typer.Option(None, help="Ladder join (vlae only): concat (eq. 11, the default) or "
                                         "gated_add (authors' MNIST code)."),
-    hidden: Optional[int] = typer.Option(None, min=8, help="Width of the fully-connected blocks (default 1024, the "
-                                         "authors'; 512 trains ~2x faster on a CPU, docs/hierarchy.md)."),
+    hidden: Optional[int] = typer.Option(None, min=8, help="Width of the fully-connected blocks (1024: the authors' "
+                                         "and the paper recipe's; 512: the hierarchy recipe's, docs/hierarchy.md)."),
     recipe: Optional[Recipe] = typer.Option(None, help="Defaults for the options below it that are not given: paper "
                                             "(every level from step 0, linear warm-up, concat join) or hierarchy "
                                             "(progressive training, docs/hierarchy.md). Default: hierarchy for mnist, "
