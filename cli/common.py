@@ -79,29 +79,29 @@ def code_widths(text: str | None) -> str | None:
     return text
 
 
-def parse_dims(text: str | None) -> list[int] | None:
+def per_level(text: str | None, cast: type, least: float, example: str, what: str) -> list | None:
+    """One value per level from '2' or '2,2,4' (spaces ignored), each cast and at least `least`; None stays None.
+    typer.BadParameter names the expected form (`example`) or the bound (`what`)."""
     if text is None:
         return None
     try:
-        dims = [int(t) for t in str(text).replace(" ", "").split(",") if t]
+        values = [cast(t) for t in str(text).replace(" ", "").split(",") if t]
     except ValueError:
-        raise typer.BadParameter(f"expected an integer or a comma-separated list like 2,2,2; got {text!r}") from None
-    if not dims or min(dims) < 1:
-        raise typer.BadParameter(f"code widths must be positive integers; got {text!r}")
-    return dims
+        raise typer.BadParameter(f"expected {example}; got {text!r}") from None
+    if not values or min(values) < least:
+        raise typer.BadParameter(f"{what}; got {text!r}")
+    return values
+
+
+def parse_dims(text: str | None) -> list[int] | None:
+    return per_level(text, int, 1, "an integer or a comma-separated list like 2,2,2",
+                     "code widths must be positive integers")
 
 
 def parse_factors(text: str | None) -> list[float] | None:
     """'2,1,1' -> [2.0, 1.0, 1.0]: one factor >= 0 per level."""
-    if text is None:
-        return None
-    try:
-        factors = [float(t) for t in str(text).replace(" ", "").split(",") if t]
-    except ValueError:
-        raise typer.BadParameter(f"expected numbers like 2,1,1 (one per level, bottom first); got {text!r}") from None
-    if not factors or min(factors) < 0:
-        raise typer.BadParameter(f"KL factors must be numbers >= 0; got {text!r}")
-    return factors
+    return per_level(text, float, 0, "numbers like 2,1,1 (one per level, bottom first)",
+                     "KL factors must be numbers >= 0")
 
 
 def kl_factors(text: str | None) -> str | None:
