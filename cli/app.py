@@ -287,6 +287,9 @@ def gibbs(
     out_path: Path = typer.Option(Path("gibbs.png"), "--out", help="PNG (left Gibbs, right ancestral, titled) or "
                                   ".npz (keys gibbs, ancestral\\[, states]); its folder must exist."),
     seed: int = typer.Option(0, min=0, help="Random seed (starting points, chain noise, ancestral samples)."),
+    gap: int = typer.Option(100, min=0, help="Test images on which to measure how far q(z|x) is from the model's "
+                            f"own posterior p(z|x) (IW bound, K={gibbs_lib.GAP_K}; per level on a Markov HVAE): "
+                            "why a chain drifts from the model. 0 skips it."),
     device: str = DEVICE,
     data_dir: Optional[Path] = DATA_DIR,
     progress: bool = PROGRESS,
@@ -305,7 +308,8 @@ def gibbs(
         gibbs_lib.check_hvae(model, whole)
         check_request(chains * (2 + (steps // every if every else 0)), model.cfg.image_shape, ".npz",
                       f"--chains {chains}")
-        data = load_for_checkpoint(info, "test", data_dir) if value(init) == "data" else None
+        data = load_for_checkpoint(info, "test", data_dir) if value(init) == "data" or gap else None
+        gaps = gibbs_lib.posterior_gap(model, data, gap, seed=seed) if gap else None
         res = gibbs_lib.run_gibbs(model, data, chains, steps, every, value(init), value(feed), seed, whole)
         left = res["states"] if every else res["gibbs"]
         on = "all of z" if whole else "z_1"
@@ -315,18 +319,26 @@ def gibbs(
                                 checkpoint_data_dir(info, data_dir), progress)
     if json_out:
         return print_json({"out": str(path), "chains": chains, "steps": steps, "init": value(init),
-                           "feed": value(feed), "whole": whole, **(quality or {"scores": None})})
+                           "feed": value(feed), "whole": whole, **(quality or {"scores": None}), "posterior_gap": gaps})
     out.print(f"wrote {chains} Gibbs-chain samples ({steps} steps on {'every level' if whole else 'z_1'} from "
               f"{value(init)}) and {chains} ancestral samples to {path}", highlight=False)
     if quality is None:
         out.print("no quality scores: the classifier knows MNIST only")
-        return
-    s = quality["scores"]
-    out.print(f"sample quality (MNIST classifier, {quality['classifier_accuracy']:.2%} test accuracy): mean max-softmax "
-              f"confidence, entropy of predicted classes (max {s['gibbs']['max_entropy']:.2f} nats)", highlight=False)
-    for name, q in s.items():
-        out.print(f"  {name:9s}  confidence {q['confidence']:.3f}  class entropy {q['class_entropy']:.2f}  "
-                  f"classes {q['histogram']}", highlight=False, markup=False)
+    else:
+        s = quality["scores"]
+        out.print(f"sample quality (MNIST classifier, {quality['classifier_accuracy']:.2%} test accuracy): mean "
+                  f"max-softmax confidence, entropy of predicted classes (max {s['gibbs']['max_entropy']:.2f} nats)",
+                  highlight=False)
+        for name, q in s.items():
+            out.print(f"  {name:9s}  confidence {q['confidence']:.3f}  class entropy {q['class_entropy']:.2f}  "
+                      f"classes {q['histogram']}", highlight=False, markup=False)
+    if gaps:
+        out.print(f"posterior gap on {gaps['images']} test images (IW bound, K={gaps['k']}): log p(x) - ELBO = "
+                  f"KL(q(z|x) || p(z|x)) = {gaps['total']:.2f} nats", highlight=False)
+        if gaps["levels"]:
+            split = ", ".join(f"level {l}: {v:.2f}" for l, v in enumerate(gaps["levels"], 1))
+            out.print(f"  by level, KL(q(z_l|z_l-1) || p(z_l|z_l-1)): {split}; level 1's is how far q(z_1|x) is "
+                      "from p(z_1|x), the error of the chain on z_1 (0 at the ELBO's optimum)", highlight=False)
 
 
 @app.command()

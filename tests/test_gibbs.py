@@ -160,10 +160,12 @@ def test_cli_bare_gibbs_reuses_the_default_run(hvae_ckpt, classifier_cache, mnis
     monkeypatch.chdir(hvae_ckpt.parent.parent.parent)  # the folder holding runs/mnist-hvae-gibbs
     png = tmp_path / "g.png"
     r = runner.invoke(app, ["gibbs", "--steps", "3", "--chains", "9", "--out", str(png), "--data-dir", str(mnist_dir),
-                            "--device", "cpu", "--no-progress"])
+                            "--device", "cpu", "--no-progress", "--gap", "4"])
     assert r.exit_code == 0, r.output
     assert "reusing runs/mnist-hvae-gibbs/ckpt.safetensors" in " ".join(r.output.split())
     assert "gibbs" in r.output and "ancestral" in r.output and "confidence" in r.output
+    text = " ".join(r.output.split())
+    assert "posterior gap on 4 test images" in text and "level 1:" in text and "level 3:" in text
     img = Image.open(png)
     assert img.size[0] > 2 * img.size[1] - 40  # two panels side by side under one label row
     assert read_checkpoint(hvae_ckpt).step == TINY["steps"]  # not retrained
@@ -174,6 +176,20 @@ def test_cli_bare_gibbs_reuses_the_default_run(hvae_ckpt, classifier_cache, mnis
     assert r.exit_code == 0, r.output
     d = np.load(npz)
     assert d["gibbs"].shape == d["ancestral"].shape == (5, 1, 28, 28) and d["states"].shape == (2, 5, 1, 28, 28)
+
+
+def test_cli_gibbs_reports_the_posterior_gap_by_level(hvae_ckpt, mnist_dir, tmp_path):
+    def run(*extra):
+        return runner.invoke(app, ["gibbs", str(hvae_ckpt), "--steps", "2", "--chains", "3", "--json", "--no-progress",
+                                   "--out", str(tmp_path / "g.npz"), "--data-dir", str(mnist_dir), *extra])
+    r = run("--gap", "6", "--init", "noise")
+    assert r.exit_code == 0, r.output
+    gap = json.loads(r.stdout)["posterior_gap"]
+    assert gap["images"] == 6 and gap["k"] == gibbs.GAP_K and len(gap["levels"]) == 3
+    assert gap["total"] == pytest.approx(sum(gap["levels"])) and gap["total"] > 0
+    assert json.loads(run("--gap", "0").stdout)["posterior_gap"] is None
+    r = run("--gap", "100000")
+    assert r.exit_code == 2 and "--gap must be 0 (off) or between 1 and" in r.stderr and "Traceback" not in r.output
 
 
 def test_cli_gibbs_errors_are_one_line(tiny_ckpt, tmp_path):

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from . import generate
 from .data import ImageSet
 from .errors import ConfigError
+from .eval.posterior import GAP_K, posterior_gaps
 
 INITS = ("data", "noise")
 FEEDS = ("sample", "mean")
@@ -115,3 +116,14 @@ def run_gibbs(model: nn.Module, data: ImageSet | None, chains: int = 100, steps:
     if states is not None:
         result["states"] = states
     return result
+
+
+@torch.no_grad()
+def posterior_gap(model: nn.Module, data: ImageSet, images: int = 100, k: int = GAP_K, seed: int = 0) -> dict:
+    """Why a chain drifts from the model: how far q(z | x) is from the model's posterior p(z | x) on the first
+    `images` images of `data` (eval/posterior.py): {'k', 'images', 'total', 'levels' (Markov HVAE; level 1 is
+    KL(q(z_1 | x) || p(z_1 | x)), the error of eq. 6's chain) or None}, nats per image."""
+    if not 1 <= images <= len(data):
+        raise ConfigError(f"--gap must be 0 (off) or between 1 and the {len(data)} test images; got {images}")
+    x = data.batch(torch.arange(images, device=data.x.device)).to(next(model.parameters()).device)
+    return posterior_gaps(model, x, k, seed)

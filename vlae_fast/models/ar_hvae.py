@@ -31,7 +31,7 @@ class ARHVAEConfig(HVAEConfig):
 
 class ARHVAE(HVAE):
     """Registered as "ar_hvae". The HVAE with p(z_l | z_{>l}) and p(x | z) reading every level above / every level."""
-
+    MARKOV_BOTH_WAYS = False  # x and p(z_l | .) read every level above: the posterior gap does not split by level
     GIBBS_ON_Z1 = False  # p(x | z) reads every level: only the whole-code chain (Proposition 2) applies
 
     def prior_width(self, l: int) -> int:

@@ -51,6 +51,7 @@ class HVAE(LatentModel):
     DEFAULT_LR = 1e-4  # Adam, appendix B.1
     CONTROL = "eps"  # a level's control is the noise eps_l of ancestral sampling (Figure 3)
     GIBBS_ON_Z1 = True  # q(z_1 | x) and p(x | z_1) alone make eq. 6's chain
+    MARKOV_BOTH_WAYS = True  # q(z_{l+1} | z_l) and p(z_l | z_{l+1}): the posterior gap splits by level
     TRAVERSAL = "redraw"  # Figure 3: a level's noise redrawn across each row, every level
 
     def __init__(self, cfg: HVAEConfig):
@@ -153,6 +154,31 @@ class HVAE(LatentModel):
         top = gaussian_log_density(z[-1], *q_terms[-1]) - gaussian_log_density(
             z[-1], torch.zeros_like(z[-1]), torch.zeros_like(z[-1]))
         return -(self.recon_nll(x, self.decode(z)) + sum(self._lower_terms(z, q_terms)) + top)
+
+    def log_weight_above(self, h: Tensor, s: int) -> Tensor:
+        """One sample of log p(h, z_{>s}) - log q(z_{>s} | h), z_{>s} ~ q along the inference path from h: [B].
+
+        h is x for s = 0 (then this is log_weight(x)), else a code z_s (1-based level s), which the levels
+        above model as their data: p(z_s) = integral of p(z_s | z_{s+1}) ... p(z_L). Its average is the
+        ELBO of that marginal and its IW average the bound on log p(z_s): the posterior gap of each level
+        (eval/posterior.py). Needs the Markov chain both ways, so LVAE and AR-HVAE refuse it."""
+        if not self.MARKOV_BOTH_WAYS:
+            raise NotImplementedError(f"{self.cfg.model}: the per-level split needs Markov inference and prior")
+        L = self.cfg.layers
+        z: list[Tensor | None] = [None] * L
+        if s:
+            z[s - 1] = h
+        log_w, cur = 0.0, h
+        for l in range(s, L):  # z_{l+1} ~ q(z_{l+1} | z_l), 0-based l
+            mu, logvar = self.q_params(l, cur)
+            cur = z[l] = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            log_w = log_w - gaussian_log_density(cur, mu, logvar)
+        log_w = log_w + gaussian_log_density(z[-1], torch.zeros_like(z[-1]), torch.zeros_like(z[-1]))  # p(z_L)
+        for l in range(max(s - 1, 0), L - 1):  # log p(z_{l+1} | z_{l+2}), from the data level z_s up
+            log_w = log_w + gaussian_log_density(z[l], *self.p_params(l, self.prior_input(z, l)))
+        if s == 0:
+            log_w = log_w - self.recon_nll(h, self.decode(z))
+        return log_w
 
     def posterior_sample(self, x: Tensor, eps: list[Tensor] | None = None) -> list[Tensor]:
         """z ~ q(z | x) along the inference path, with the given noise: list of [B, d_l], bottom first."""

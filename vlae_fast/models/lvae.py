@@ -55,6 +55,7 @@ def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) 
 class LVAE(HVAE):
     """Registered as "lvae". Inherits the HVAE's generation (f, p, f0), its controls (eps_l), the chain on z_1
     (GIBBS_ON_Z1: p(x | z) reads z_1 alone) and its learning rate; replaces its inference."""
+    MARKOV_BOTH_WAYS = False  # q(z_l | z_{l+1}, x) is top-down: the posterior gap does not split by level
 
     def up_width(self, l: int) -> int:
         """enc[l] reads d_l, the deterministic output below (not the HVAE's sampled z_l): the conv features for
