@@ -1,23 +1,11 @@
 """The autoregressive HVAE (models/ar_hvae.py, eq. 3): priors and decoder that read every level above, its eq. 5
-terms, training in the one loop, the checkpoint round trip and every command on a tiny checkpoint."""
-import json
-import math
-
-import numpy as np
-import pytest
+terms (training, checkpoints and commands: test_hvae_family.py)."""
 import torch
-from safetensors.torch import save_file
 from torch.distributions import Normal, kl_divergence
-from typer.testing import CliRunner
 
-from vlae_fast.checkpoint import load_model, save_checkpoint
-from vlae_fast.classifier import FORMAT as CLASSIFIER_FORMAT, DigitNet
-from vlae_fast.cli import app
-from vlae_fast.models import ARHVAE, build_model, default_config
-from vlae_fast.train import TrainConfig, train
+from vlae_fast.models import build_model, default_config
 
 DIMS = (2, 3, 4)
-runner = CliRunner()
 
 
 def small(name="ar_hvae", dims=DIMS, seed=0):
@@ -93,75 +81,3 @@ def test_ancestral_sampling_conditions_on_every_level_above():
     for a, b in zip(model.controls_from_codes(z), eps):
         torch.testing.assert_close(a, b)
     assert not model.GIBBS_ON_Z1 and model.CONTROL == "eps" and model.DEFAULT_LR == 1e-4
-
-
-def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
-    model = small().eval()
-    path = save_checkpoint(tmp_path / "ckpt.safetensors", model, step=5)
-    again, info = load_model(path)
-    again.eval()
-    assert isinstance(again, ARHVAE) and info.config.model == "ar_hvae" and info.config.latent_dims == DIMS
-    x, eps = torch.rand(3, 1, 28, 28), [torch.randn(3, d) for d in DIMS]
-    a, b = model(x, eps), again(x, eps)
-    for name in ("logits", "recon", "kl"):
-        torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=0, atol=0)
-    c = model.prior_controls(4, torch.Generator().manual_seed(0))
-    torch.testing.assert_close(again.decode_controls(c), model.decode_controls(c), rtol=0, atol=0)
-
-
-def test_ar_hvae_trains_in_the_one_loop(tmp_path, mnist_dir):
-    """20 steps on 300 images: the loss falls and stays finite; the run's checkpoint is an autoregressive HVAE."""
-    cfg = TrainConfig(steps=20, batch_size=50, lr=1e-3, warmup=0, train_limit=300, eval_limit=100,
-                      data_dir=str(mnist_dir), save_every=0, log_every=1, device="cpu")
-    result = train(default_config("mnist", "ar_hvae", hidden=64, channels=(16, 32)), cfg, tmp_path, show_progress=False)
-    losses = [r["loss"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-    assert len(losses) == 20 and all(math.isfinite(v) for v in losses)
-    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.8 * first, f"loss fell only from {first:.1f} to {last:.1f}"
-    assert math.isfinite(result["elbo"]) and len(result["kl"]) == 3
-    model, info = load_model(tmp_path / "ckpt.safetensors")
-    assert isinstance(model, ARHVAE) and info.train["lr"] == 1e-3
-
-
-# --- the commands -----------------------------------------------------------------------------------------
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def ar_ckpt(tmp_path_factory, mnist_dir):
-    """`vlae train mnist --model ar_hvae`, 3 steps on 100 images."""
-    out = tmp_path_factory.mktemp("ar-hvae") / "run"
-    r = run("train", "mnist", "--model", "ar_hvae", "--hidden", 32, "--steps", 3, "--batch-size", 50, "--train-limit",
-            100, "--eval-limit", 50, "--data-dir", mnist_dir, "--out", out, "--no-progress", "--device", "cpu")
-    assert r.exit_code == 0, r.output
-    assert "test ELBO" in r.output
-    return out / "ckpt.safetensors"
-
-
-def test_cli_commands_on_an_ar_hvae(ar_ckpt, mnist_dir, tmp_path):
-    info = load_model(ar_ckpt)[1]
-    assert info.config.model == "ar_hvae" and info.train["lr"] == 1e-4  # the HVAE's own learning rate
-    r = run("sample", ar_ckpt, "--n", 6, "--out", tmp_path / "s.npz")
-    assert r.exit_code == 0, r.output
-    assert np.load(tmp_path / "s.npz")["x"].shape == (6, 1, 28, 28)
-    r = run("traverse", ar_ckpt, "--layer", 2, "--steps", 3, "--out", tmp_path / "t.npz")
-    assert r.exit_code == 0, r.output
-    assert np.load(tmp_path / "t.npz")["x"].shape == (3, 3, 1, 28, 28) and "eps_l" in " ".join(r.output.split())
-    r = run("encode", ar_ckpt, "--split", "test", "--data-dir", mnist_dir, "--out", tmp_path / "c.npz")
-    assert r.exit_code == 0, r.output
-    assert [np.load(tmp_path / "c.npz")[f"z{l}"].shape for l in (1, 2, 3)] == [(10000, 2)] * 3
-
-
-def test_cli_eval_on_an_ar_hvae_has_no_z1_chain(ar_ckpt, mnist_dir, tmp_path):
-    """`vlae eval`: the report of an autoregressive HVAE, without Figure 2's chain on z_1 (x reads every level)."""
-    clf = tmp_path / "clf.safetensors"  # an untrained classifier: the plumbing, not a minute of training
-    torch.manual_seed(0)
-    save_file({k: v.contiguous() for k, v in DigitNet().state_dict().items()}, clf,
-              metadata={"format": CLASSIFIER_FORMAT, "test_accuracy": "0.1", "epochs": "0"})
-    r = run("eval", ar_ckpt, "--limit", 50, "--probe-images", 100, "--classifier", clf, "--data-dir", mnist_dir,
-            "--out", tmp_path / "r.json", "--no-progress", "--device", "cpu")
-    assert r.exit_code == 0, r.output
-    report = json.loads((tmp_path / "r.json").read_text())
-    assert report["model"] == "ar_hvae" and report["control"] == "eps" and len(report["levels"]) == 3
-    assert report["gibbs"] is None and math.isfinite(report["elbo"])
