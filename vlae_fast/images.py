@@ -65,9 +65,11 @@ def grid(x: Tensor, ncol: int | None = None, pad: int = 2, pad_value: float = 1.
 
 
 def save_gif(frames: list[np.ndarray], path: Path, frame_ms: int = GIF_FRAME_MS) -> None:
-    """uint8 frames ([H, W] or [H, W, 3], one size) as a looping GIF."""
+    """uint8 frames ([H, W] or [H, W, 3], one size) as a looping GIF. Without Pillow's frame optimisation: its
+    delta frames (unchanged pixels made transparent) showed wrong pixels for some frames using all 256 grey levels."""
     images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0,
+                   optimize=False)
 
 
 def check_writable(path: str | Path, suffixes: tuple[str, ...] = (".png", ".gif", ".npz"), option: str = "--out") -> Path:
