@@ -107,10 +107,11 @@ def train(
                                         "gated_add (authors' MNIST code)."),
     hidden: Optional[int] = typer.Option(None, min=8, help="Width of the fully-connected blocks (1024: the authors' "
                                          "and the paper recipe's; 512: the hierarchy recipe's, docs/hierarchy.md)."),
-    recipe: Optional[Recipe] = typer.Option(None, help="Defaults for the options below it that are not given: paper "
-                                            "(every level from step 0, linear warm-up, concat join) or hierarchy "
-                                            "(progressive training, docs/hierarchy.md). Default: hierarchy for mnist, "
-                                            "else paper."),
+    recipe: Optional[Recipe] = typer.Option(None, help="Defaults for the options not given: paper (every level "
+                                            "from step 0, linear warm-up, concat join, 2-d codes), hierarchy (ladder "
+                                            "models: progressive training, docs/hierarchy.md) or figure3 (hvae, lvae, "
+                                            "ar_hvae: 10-d codes, bernoulli, --kl-scale 4,2,1, docs/gibbs.md). "
+                                            "Default on mnist: hierarchy or figure3; else paper."),
     kl_anneal: Optional[Anneal] = typer.Option(None, help="KL warm-up shape: linear (weight (t+1)/warmup, capped at "
                                                "1) or exp (1 - exp(-t/warmup), the authors' code)."),
     schedule: Optional[Schedule] = typer.Option(None, help="plain (every level trains from step 0) or progressive "

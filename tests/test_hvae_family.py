@@ -79,7 +79,8 @@ def test_cli_commands(ckpt, mnist_dir, tmp_path):
     assert np.load(tmp_path / "t.npz")["x"].shape == (3, 3, 1, 28, 28) and "eps_l" in " ".join(r.output.split())
     r = run("encode", ckpt, "--split", "test", "--data-dir", mnist_dir, "--out", tmp_path / "c.npz")
     assert r.exit_code == 0, r.output
-    assert [np.load(tmp_path / "c.npz")[f"z{l}"].shape for l in (1, 2, 3)] == [(10000, 2)] * 3
+    assert info.config.latent_dims == (10, 10, 10)  # MNIST's figure3 recipe
+    assert [np.load(tmp_path / "c.npz")[f"z{l}"].shape for l in (1, 2, 3)] == [(10000, 10)] * 3
 
 
 def test_cli_eval(ckpt, mnist_dir, tmp_path):

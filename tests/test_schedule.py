@@ -112,10 +112,23 @@ def test_recipes_and_explicit_options(mnist_dir):
     assert (p.train_cfg.schedule, p.train_cfg.kl_anneal, p.model_cfg.join) == ("plain", "linear", "concat")
     mixed = plan_run("mnist", {**opts, "recipe": "hierarchy", "join": "concat", "steps": 900, "hidden": 512})
     assert (mixed.model_cfg.join, mixed.train_cfg.steps, mixed.model_cfg.hidden) == ("concat", 900, 512)
-    for model in ("hvae", "lvae", "ar_hvae"):  # no ladder: their default stays the paper's recipe
+    for model in ("hvae", "lvae", "ar_hvae"):  # no ladder: MNIST's default is the figure3 recipe (docs/gibbs.md)
         hv = plan_run("mnist", {**opts, "model": model})
         assert (hv.train_cfg.recipe, hv.train_cfg.schedule, hv.train_cfg.kl_anneal, hv.train_cfg.steps,
-                hv.model_cfg.hidden) == ("paper", "plain", "linear", 4000, 1024)
+                hv.train_cfg.warmup, hv.train_cfg.kl_scale, hv.model_cfg.latent_dims, hv.model_cfg.output,
+                hv.model_cfg.hidden) == ("figure3", "plain", "linear", 5000, 1500, (4, 2, 1), (10, 10, 10),
+                                         "bernoulli", 1024)
+        paper = plan_run("mnist", {**opts, "model": model, "recipe": "paper"})
+        assert (paper.train_cfg.kl_scale, paper.model_cfg.latent_dims, paper.model_cfg.output,
+                paper.train_cfg.steps) == (None, (2, 2, 2), "gaussian", 4000)
+    two = plan_run("mnist", {**opts, "model": "hvae", "layers": 2, "steps": 100})  # factors and warm-up follow
+    assert (two.train_cfg.kl_scale, two.train_cfg.warmup, two.model_cfg.latent_dims) == ((2, 1), 30, (10, 10))
+    own = plan_run("mnist", {**opts, "model": "hvae", "kl_scale": (1, 1, 1), "latent_dims": [2], "warmup": 7})
+    assert (own.train_cfg.kl_scale, own.model_cfg.latent_dims, own.train_cfg.warmup) == ((1, 1, 1), (2, 2, 2), 7)
+    with pytest.raises(ConfigError, match="figure3 is for the hvae, lvae, ar_hvae models"):
+        plan_run("mnist", {**opts, "recipe": "figure3"})
+    with pytest.raises(ConfigError, match="hierarchy is for the vlae, conv_vlae models"):
+        plan_run("mnist", {**opts, "model": "lvae", "recipe": "hierarchy"})
     d = plan_run("mnist", opts)  # MNIST's default: the hierarchy recipe
     assert (d.train_cfg.recipe, d.train_cfg.schedule, d.model_cfg.hidden, d.train_cfg.steps) == \
         ("hierarchy", "progressive", 512, 6000)

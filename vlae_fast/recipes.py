@@ -1,11 +1,29 @@
 """Named training recipes: the `vlae train` defaults a recipe sets, below any option given explicitly.
 
 paper:      the paper's plain recipe: every level trains from step 0, the KL weight rises linearly over half
-            the run, levels joined by concatenation (eq. 11).
-hierarchy:  progressive training (pro-VLAE, schedule.py): the top level alone first, then each lower level
-            faded in, with the authors' gated-add join. Chosen from the runs in docs/hierarchy.md.
+            the run, levels joined by concatenation (eq. 11), 2-d codes, the Gaussian likelihood.
+hierarchy:  (ladder models) progressive training (pro-VLAE, schedule.py): the top level alone first, then each
+            lower level faded in, with the authors' gated-add join. Chosen from the runs in docs/hierarchy.md.
+figure3:    (the Markov HVAE and its relatives, hvae / lvae / ar_hvae) the baseline of Figures 2-3: 10-d codes, a
+            Bernoulli likelihood and level l's KL term weighted 2^(L-l) (4, 2, 1 for three levels), which sends
+            the information up the chain. Chosen from the runs in docs/gibbs.md.
 """
 from __future__ import annotations
+
+from typing import Callable
+
+from .errors import ConfigError
+
+
+def halving(layers: int, **_) -> tuple[float, ...]:
+    """KL factors 2^(L-l) for levels l = 1 .. L, bottom first: (4, 2, 1) for three levels."""
+    return tuple(float(2 ** (layers - 1 - l)) for l in range(layers))
+
+
+def warmup_share(share: float) -> Callable[..., float]:
+    """A KL warm-up over `share` of the run's steps."""
+    return lambda steps, **_: share * steps
+
 
 RECIPES: dict[str, dict] = {
     "paper": {},
@@ -13,13 +31,27 @@ RECIPES: dict[str, dict] = {
     # progressive and exp): 6000 steps = the top level alone for 2000, then level 2 over 500, level 1 at 4000
     "hierarchy": {"schedule": "progressive", "pre_kl": 0.5, "kl_anneal": "exp", "join": "gated_add", "hidden": 512,
                   "steps": 6000},
+    # functions of the run's levels and steps, resolved once those are known (rundir.plan_run): 5000 steps = the
+    # KL weight rising to 1 over the first 1500
+    "figure3": {"latent_dims": [10], "likelihood": "bernoulli", "kl_scale": halving, "warmup": warmup_share(0.3),
+                "steps": 5000},
 }
-DEFAULT_RECIPE: dict[str, str] = {"mnist": "hierarchy"}  # data set -> its default recipe; others: paper
+FAMILY: dict[str, str] = {"hierarchy": "ladder", "figure3": "hvae"}  # the models a recipe is for; paper: any
+DEFAULT_RECIPE: dict[tuple[str, str], str] = {("mnist", "ladder"): "hierarchy", ("mnist", "hvae"): "figure3"}
+FAMILY_MODELS = {"ladder": "vlae, conv_vlae", "hvae": "hvae, lvae, ar_hvae"}
 
 
-def recipe_options(dataset: str, recipe: str | None, ladder: bool) -> tuple[str, dict]:
-    """(name, options) of the recipe a run uses: `recipe` if given, else the data set's default for a ladder
-    model (vlae, conv_vlae) and paper for the others (hvae, lvae, ar_hvae: nothing to fade in, and their
-    defaults, e.g. vlae gibbs' HVAE run, stay the paper's)."""
-    name = recipe or (DEFAULT_RECIPE.get(dataset, "paper") if ladder else "paper")
+def recipe_options(dataset: str, recipe: str | None, family: str) -> tuple[str, dict]:
+    """(name, options) of the recipe a run uses: `recipe` if given, else the data set's default for the model's
+    family ("ladder": vlae, conv_vlae; "hvae": hvae, lvae, ar_hvae), else paper. A recipe for another family
+    is refused. Options may be functions of the run's levels and steps: see resolve()."""
+    name = recipe or DEFAULT_RECIPE.get((dataset, family), "paper")
+    if FAMILY.get(name, family) != family:
+        raise ConfigError(f"--recipe {name} is for the {FAMILY_MODELS[FAMILY[name]]} models; this run's model is "
+                          f"not one of them: choose --recipe paper or another model")
     return name, dict(RECIPES[name])
+
+
+def resolve(value: object | Callable[..., object], layers: int, steps: int) -> object:
+    """A recipe option's value for a run of `steps` steps of a model with `layers` levels."""
+    return value(layers=layers, steps=steps) if callable(value) else value

@@ -17,7 +17,7 @@ from .data import data_options, image_shape_of
 from .errors import CheckpointError, ConfigError
 from .models import REGISTRY, default_config, default_lr, model_for
 from .models.vlae import FlatPriorLadder
-from .recipes import recipe_options
+from .recipes import recipe_options, resolve
 from .resume import OVERRIDABLE, plan_resume, remove_stale_temps
 
 METRICS_NAME = "metrics.jsonl"
@@ -141,7 +141,7 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
     opts = data_options(dataset, o.get("image_size"), color, bool(o.get("svhn_extra")))
     shape = image_shape_of(dataset, o.get("data_dir"), **opts)
     ladder = model in REGISTRY and issubclass(REGISTRY[model][1], FlatPriorLadder)
-    recipe, r = recipe_options(dataset, o.get("recipe"), ladder)
+    recipe, r = recipe_options(dataset, o.get("recipe"), "ladder" if ladder else "hvae")
     if model_for(dataset, model) != "vlae":
         for k in ("join", "hidden"):  # the MNIST MLP ladder's: the conv ladders keep their concat and widths
             r.pop(k, None)
@@ -150,6 +150,7 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
     model_cfg = default_config(dataset, model, o.get("layers"), o.get("latent_dims"),
                                output=o.get("likelihood") or "gaussian", image_shape=shape, **model_extra)
     d = TrainConfig
+    o = {k: resolve(v, model_cfg.layers, o.get("steps") or d.steps) for k, v in o.items()}  # a recipe's functions
     lr = o.get("lr")
     cfg = TrainConfig(dataset=dataset, steps=o.get("steps") or d.steps, batch_size=o.get("batch_size") or d.batch_size,
                       lr=lr if lr is not None else default_lr(model) or d.lr, warmup=o.get("warmup"),

@@ -7,20 +7,20 @@ import json
 from pathlib import Path
 
 from .checkpoint import read_checkpoint
-from .config import TrainConfig
 from .errors import CheckpointError, ConfigError
-from .models import HVAE, default_config
+from .rundir import plan_run
 from .train import train
 
 DEFAULT_HVAE_RUN = Path("runs") / "mnist-hvae-gibbs"  # where the bare `vlae gibbs` trains and finds its model
-# Settings of that run: lr from appendix B.1; 5000 steps (~0.3 s each with OMP_NUM_THREADS=1, ~30 min on 2 busy
-# CPU cores), the KL weight rising linearly to 1 over the first 1500.
-DEFAULT_HVAE_TRAIN = {"steps": 5000, "warmup": 1500.0, "lr": HVAE.DEFAULT_LR}
+# That run is `vlae train mnist --model hvae --layers 3`: MNIST's figure3 recipe (recipes.py; docs/gibbs.md), 5000
+# steps at appendix B.1's learning rate, ~30-40 min on 2 CPU cores.
+DEFAULT_HVAE_OPTIONS = {"model": "hvae", "layers": 3}
 
 
 def default_hvae(data_dir: str | Path | None = None, device: str = "auto", show_progress: bool = True,
                  run_dir: Path = DEFAULT_HVAE_RUN, **train_overrides) -> tuple[Path, bool]:
-    """The paper's 3-level MNIST HVAE: reuse run_dir/ckpt.safetensors, or train it there first.
+    """The 3-level MNIST HVAE of Figures 2-3: reuse run_dir/ckpt.safetensors, or train it there first, with
+    `vlae train mnist --model hvae --layers 3`'s defaults (train_overrides: more of its options, by name).
 
     Returns (checkpoint path, whether it was trained now). Refuses to touch a run that has not finished.
     """
@@ -37,9 +37,9 @@ def default_hvae(data_dir: str | Path | None = None, device: str = "auto", show_
     if (Path(run_dir) / "metrics.jsonl").exists():
         raise ConfigError(f"{run_dir} holds a training run that has not saved a checkpoint yet; "
                           f"wait for it, or delete {run_dir} to train afresh")
-    settings = {**DEFAULT_HVAE_TRAIN, **train_overrides}
-    tcfg = TrainConfig(dataset="mnist", device=device, data_dir=str(data_dir) if data_dir else None, **settings)
-    train(default_config("mnist", "hvae", layers=3), tcfg, run_dir, show_progress=show_progress)
+    options = {**DEFAULT_HVAE_OPTIONS, "data_dir": data_dir, "device": device, **train_overrides}
+    plan = plan_run("mnist", options, out=run_dir)
+    train(plan.model_cfg, plan.train_cfg, plan.run_dir, show_progress=show_progress)
     return ckpt, True
 
 
@@ -51,4 +51,4 @@ def describe(ckpt: Path) -> str:
         return str(ckpt)
     test = info.metrics.get("test") or {}
     elbo = f", test ELBO {test['elbo']:.1f} nats" if "elbo" in test else ""
-    return f"{ckpt} ({info.config.layers}-level {info.config.model}, {info.step} steps{elbo}, train {json.dumps({k: info.train.get(k) for k in ('lr', 'warmup')})})"
+    return f"{ckpt} ({info.config.layers}-level {info.config.model}, {info.step} steps{elbo}, train {json.dumps({k: info.train.get(k) for k in ('recipe', 'lr', 'warmup', 'kl_scale')})})"
