@@ -126,7 +126,8 @@ def train(
                                            "(keeps them at the prior until the generator listens)."),
     kl_scale: Optional[str] = typer.Option(None, callback=kl_factors, help="A fixed factor on each level's KL "
                                            "weight, bottom first (e.g. 2,1,1: the bottom level's information costs "
-                                           "twice). Default 1 for every level; the reported ELBO always uses 1."),
+                                           "twice). Default 1 for every level; the reported ELBO always uses 1. "
+                                           "May change on --resume (1,1,1 finishes a run on the plain ELBO)."),
     seed: int = typer.Option(0, min=0, help="Random seed (weights, noise, data order)."),
     device: str = DEVICE,
     kernels: Optional[Kernels] = KERNELS,

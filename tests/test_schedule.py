@@ -159,3 +159,22 @@ def test_kl_scale_multiplies_each_level_weight(tmp_path, mnist_dir):
     with pytest.raises(ConfigError, match="2 factors for 3 levels"):
         train(default_config("mnist"), TrainConfig(steps=4, kl_scale=(1, 2), train_limit=100, data_dir=str(mnist_dir),
                                                    device="cpu"), tmp_path / "a", show_progress=False)
+
+
+def test_kl_scale_may_change_on_resume(tmp_path, mnist_dir):
+    """A run trained with KL factors 3,2,1 goes on from its checkpoint with 1,1,1 (the plain ELBO): the steps
+    after the resume weigh every level's KL by 1, the steps before by the old factors."""
+    opts = dict(model="hvae", latent_dims=[2], hidden=32, steps=3, warmup=0, batch_size=20, train_limit=100,
+                eval_limit=40, log_every=1, save_every=0, data_dir=mnist_dir, device="cpu", kl_scale=(3, 2, 1))
+    first = plan_run("mnist", opts, out=tmp_path)
+    train(first.model_cfg, first.train_cfg, first.run_dir, show_progress=False)
+    again = plan_run("mnist", {"steps": 5, "kl_scale": (1, 1, 1)}, given={"steps", "kl_scale"}, resume=tmp_path)
+    assert again.train_cfg.kl_scale == (1, 1, 1) and again.start.step == 3
+    train(again.model_cfg, again.train_cfg, again.run_dir, start=again.start, show_progress=False)
+    lines = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4, 5]
+    for r in lines:
+        factors = (3, 2, 1) if r["step"] <= 3 else (1, 1, 1)
+        assert r["loss"] == pytest.approx(r["recon"] + sum(b * k for b, k in zip(factors, r["kl"])), rel=1e-5)
+    with pytest.raises(ConfigError, match="--seed"):  # the model and data options stay fixed
+        plan_run("mnist", {"steps": 6, "seed": 1}, given={"steps", "seed"}, resume=tmp_path)

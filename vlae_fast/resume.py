@@ -19,7 +19,8 @@ from .errors import CheckpointError, ConfigError
 
 # Options a resumed run may change; every other training option is taken from the checkpoint, since
 # changing it (seed, batch size, warm-up, data) would not continue the same run.
-OVERRIDABLE = ("steps", "device", "save_every", "log_every", "data_dir", "eval_limit", "lr", "grad_clip")
+# kl_scale may change too: e.g. a figure3 run (KL factors 4,2,1) finished on the plain ELBO with --kl-scale 1,1,1
+OVERRIDABLE = ("steps", "device", "save_every", "log_every", "data_dir", "eval_limit", "lr", "grad_clip", "kl_scale")
 
 
 def rng_state() -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ RUN_FILES = (CKPT_NAME, METRICS_NAME, SETTINGS_NAME, TENSORBOARD_NAME)  # what -
 # its checkpoint), as the command line spells them.
 MODEL_OPTIONS = ("model", "layers", "latent_dim", "likelihood", "join", "hidden", "batch_size", "warmup", "seed",
                  "train_limit", "image_size", "grayscale", "rgb", "svhn_extra", "precision", "recipe", "kl_anneal",
-                 "schedule", "stage_steps", "fade_steps", "pre_kl", "kl_scale")
+                 "schedule", "stage_steps", "fade_steps", "pre_kl")
 
 
 @dataclass
