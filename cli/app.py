@@ -291,7 +291,7 @@ def gibbs(
     seed: int = typer.Option(0, min=0, help="Random seed (starting points, chain noise, ancestral samples)."),
     gap: int = typer.Option(100, min=0, help="Test images on which to measure how far q(z|x) is from the model's "
                             f"own posterior p(z|x) (IW bound, K={gibbs_lib.GAP_K}; per level on a Markov HVAE): "
-                            "why a chain drifts from the model. 0 skips it."),
+                            "why a chain drifts from the model. Reads the test images; 0 skips it."),
     device: str = DEVICE,
     data_dir: Optional[Path] = DATA_DIR,
     progress: bool = PROGRESS,
