@@ -1,4 +1,5 @@
 """Every command through Typer's runner on a tiny checkpoint; outputs decode; bad input -> one line, exit 2."""
+import json
 import numpy as np
 import pytest
 from PIL import Image
@@ -43,6 +44,16 @@ def test_traverse_each_level(tmp_path, tiny_ckpt, layer):
     assert width >= grid_px(4, 4)[0] and height > grid_px(4, 4)[1]
     run("traverse", tiny_ckpt, "--layer", layer, "--steps", 3, "--out", tmp_path / "t.npz")
     assert np.load(tmp_path / "t.npz")["x"].shape == (3, 3, 1, 28, 28)
+
+
+def test_traverse_shares_can_be_skipped(tmp_path, tiny_ckpt):
+    r = run("traverse", tiny_ckpt, "--layer", 1, "--steps", 2, "--out", tmp_path / "t.npz", "--json")
+    shares = json.loads(r.stdout)["variance_shares"]
+    assert len(shares) == 3 and sum(shares) == pytest.approx(1)
+    r = run("traverse", tiny_ckpt, "--layer", 1, "--steps", 2, "--out", tmp_path / "t.npz", "--json", "--no-shares")
+    assert r.exit_code == 0 and json.loads(r.stdout)["variance_shares"] is None
+    r = run("traverse", tiny_ckpt, "--layer", 1, "--steps", 2, "--out", tmp_path / "t.npz", "--no-shares")
+    assert r.exit_code == 0 and "wrote the level-1 traversal" in r.output and "share of pixel" not in r.output
 
 
 def test_reconstruct_and_encode(tmp_path, tiny_ckpt, mnist_dir):
