@@ -228,14 +228,14 @@ def traverse(
         check_request(steps * steps, model.cfg.image_shape, out_path, f"--steps {steps} ({steps}x{steps} images)", steps)
         x = generate.traverse(model, layer, steps, seed)
         path = save_images(x, out_path, title=generate.traverse_caption(model, layer, steps))
-        shares = generate.variance_shares(model, seed=seed) if shares else None
+        variance = generate.variance_shares(model, seed=seed) if shares else None
     if json_out:
         return print_json({"out": str(path), "layer": layer, "steps": steps, "control": model.CONTROL,
-                           "variance_shares": shares})
+                           "variance_shares": variance})
     out.print(f"wrote the level-{layer} traversal ({steps}x{steps}) to {path}", highlight=False)
-    if shares is None:
+    if variance is None:
         return
-    txt = ", ".join(f"level {l}: {s:.1%}" for l, s in enumerate(shares, 1))
+    txt = ", ".join(f"level {l}: {s:.1%}" for l, s in enumerate(variance, 1))
     out.print(f"share of pixel variance produced by redrawing each level's {model.CONTROL}_l alone "
               f"(Figure 3; 32x32 grid per level): {txt}", highlight=False)
 

@@ -134,6 +134,15 @@ def evaluate(model: LatentModel, data: ImageSet, batch_size: int = 500, seed: in
             "discrete_elbo": disc, "discrete": how}
 
 
+def log_weights(log_weight, x: Tensor, k: int, rows: int = IW_ROWS) -> Tensor:
+    """K importance weights per row of x: [B, K] float64 from log_weight (one sample per row it is given, e.g.
+    model.log_weight), called on x repeated, at most max(B, rows) rows x samples per call."""
+    chunk = max(1, min(k, rows // len(x)))  # samples per call
+    w = [log_weight(x.repeat_interleave(m, dim=0)).view(len(x), m).double()
+         for m in (min(chunk, k - start) for start in range(0, k, chunk))]
+    return torch.cat(w, dim=1)
+
+
 @torch.no_grad()
 def iw_bound(model: LatentModel, data: ImageSet, k: int, seed: int = 0, rows: int = IW_ROWS,
              discrete: bool = True, show_progress: bool = True) -> dict:
@@ -154,7 +163,6 @@ def iw_bound(model: LatentModel, data: ImageSet, k: int, seed: int = 0, rows: in
     how = discrete_input(model.cfg.output, is_binary(data)) if discrete else None
     g = _generator(seed)
     per = max(1, rows // k)  # images per chunk
-    chunk = min(k, rows)  # samples per log_weight call for one image chunk
     n, bound_sum, mean_sum = len(data), 0.0, 0.0
     devices = [dev] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), progress_bar(show_progress) as bar:
@@ -162,12 +170,8 @@ def iw_bound(model: LatentModel, data: ImageSet, k: int, seed: int = 0, rows: in
         task = bar.add_task(f"IW bound, K={k}", total=n * k, stats="")
         for x in _batches(data, per, dev):
             x = to_discrete(x, how, g) if how else x
-            w = []
-            for start in range(0, k, chunk):
-                m = min(chunk, k - start)
-                w.append(model.log_weight(x.repeat_interleave(m, dim=0)).view(len(x), m).double())  # [B, m]
-                bar.update(task, advance=len(x) * m)
-            w = torch.cat(w, dim=1)  # [B, K] log p(x, z_k) - log q(z_k | x)
+            w = log_weights(model.log_weight, x, k, rows)  # [B, K] log p(x, z_k) - log q(z_k | x)
+            bar.update(task, advance=len(x) * k)
             bound_sum += (torch.logsumexp(w, dim=1) - math.log(k)).sum().item()
             mean_sum += w.mean(dim=1).sum().item()
     model.train(was_training)

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..models.base import LatentModel
+from .likelihood import log_weights
 
 GAP_K = 100  # importance samples per image
 ROWS = 2000  # images x samples per call: bounds the memory
@@ -33,8 +34,7 @@ def _gap(log_weight, h: Tensor, k: int) -> float:
     """Mean over the rows of h of (IW bound - ELBO estimate) from the same K samples: log mean exp w - mean w."""
     per, total = max(1, ROWS // k), 0.0
     for start in range(0, len(h), per):
-        rows = h[start : start + per]
-        w = log_weight(rows.repeat_interleave(k, dim=0)).view(len(rows), k).double()
+        w = log_weights(log_weight, h[start : start + per], k, ROWS)
         total += (torch.logsumexp(w, dim=1) - math.log(k) - w.mean(dim=1)).sum().item()
     return total / len(h)
 
@@ -51,7 +51,7 @@ def posterior_gaps(model: LatentModel, x: Tensor, k: int = GAP_K, seed: int = 0)
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        if getattr(model, "MARKOV_BOTH_WAYS", False):
+        if model.MARKOV_BOTH_WAYS:
             z = model.posterior_sample(x)  # one path z_1 .. z_L ~ q(z | x) per image: the data of the upper levels
             d = [_gap(lambda h, s=s: model.log_weight_above(h, s), x if s == 0 else z[s - 1], k)
                  for s in range(model.cfg.layers)] + [0.0]

@@ -47,6 +47,7 @@ class LatentModel(nn.Module):
     CONTROL = "z"  # what a level's control is: "z" (the code) or "eps" (the noise of ancestral sampling)
     DEFAULT_LR: float | None = None  # the model's own Adam learning rate; None = the trainer's default
     GIBBS_ON_Z1 = False  # eq. 6's chain needs q(z_1 | x) and p(x | z_1) alone (a Markov bottom level)
+    MARKOV_BOTH_WAYS = False  # q(z_{l+1} | z_l) and p(z_l | z_{l+1}): the posterior gap splits by level
     TRAVERSAL = "sweep"  # a 2-d level's traversal: "sweep" its control over a grid, or "redraw" it per cell
 
     @property

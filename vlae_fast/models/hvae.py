@@ -150,10 +150,7 @@ class HVAE(LatentModel):
 
     def log_weight(self, x: Tensor) -> Tensor:
         """One sample of log p(x, z) - log q(z | x) along the inference path, the top level's term sampled too: [B]."""
-        z, q_terms, _ = self._path(x, None)
-        top = gaussian_log_density(z[-1], *q_terms[-1]) - gaussian_log_density(
-            z[-1], torch.zeros_like(z[-1]), torch.zeros_like(z[-1]))
-        return -(self.recon_nll(x, self.decode(z)) + sum(self._lower_terms(z, q_terms)) + top)
+        return self._log_weight_from(x, 0)
 
     def log_weight_above(self, h: Tensor, s: int) -> Tensor:
         """One sample of log p(h, z_{>s}) - log q(z_{>s} | h), z_{>s} ~ q along the inference path from h: [B].
@@ -164,6 +161,11 @@ class HVAE(LatentModel):
         (eval/posterior.py). Needs the Markov chain both ways, so LVAE and AR-HVAE refuse it."""
         if not self.MARKOV_BOTH_WAYS:
             raise NotImplementedError(f"{self.cfg.model}: the per-level split needs Markov inference and prior")
+        return self._log_weight_from(h, s)
+
+    def _log_weight_from(self, h: Tensor, s: int) -> Tensor:
+        """log_weight_above without its check: for s = 0 it is log_weight(x) of the HVAE and the AR-HVAE (their
+        bottom-up inference path; the priors and x read what prior_input and decode choose)."""
         L = self.cfg.layers
         z: list[Tensor | None] = [None] * L
         if s:
