@@ -294,6 +294,11 @@ def gibbs(
     out_path: Path = typer.Option(Path("gibbs.png"), "--out", help="PNG (left Gibbs, right ancestral, titled) or "
                                   ".npz (keys gibbs, ancestral\\[, states]); its folder must exist."),
     seed: int = typer.Option(0, min=0, help="Random seed (starting points, chain noise, ancestral samples)."),
+    particles: int = typer.Option(1, min=1, max=gibbs_lib.MAX_PARTICLES, help=(
+        "1: z drawn from q(z|x_t) (eq. 6, the paper's chain). K >= 2: importance resampling (i-SIR) among K - 1 "
+        "draws of q and the current z, picked in proportion to p(x,z)/q(z|x): the chain then keeps the model's own "
+        "p(x,z) invariant however far q is from p(z|x), and costs about K times as much; the summary says how "
+        "often it moved.")),
     gap: int = typer.Option(100, min=0, help="Test images on which to measure how far q(z|x) is from the model's "
                             f"own posterior p(z|x) (IW bound, K={gibbs_lib.GAP_K}; per level on a Markov HVAE): "
                             "why a chain drifts from the model. Reads the test images; 0 skips it."),
@@ -317,18 +322,24 @@ def gibbs(
                       f"--chains {chains}")
         data = load_for_checkpoint(info, "test", data_dir) if value(init) == "data" or gap else None
         gaps = gibbs_lib.posterior_gap(model, data, gap, seed=seed) if gap else None
-        res = gibbs_lib.run_gibbs(model, data, chains, steps, every, value(init), value(feed), seed, whole)
+        res = gibbs_lib.run_gibbs(model, data, chains, steps, every, value(init), value(feed), seed, whole, particles)
+        moved, starts = res.pop("moved", None), res.pop("start")
         left = res["states"] if every else res["gibbs"]
-        on = "all of z" if whole else "z_1"
+        on = ("all of z" if whole else "z_1") + (f", i-SIR K={particles}" if particles > 1 else "")
         label = f"Gibbs on {on}, rows every {every} steps" if every else f"Gibbs on {on}, {steps} steps"
         path = save_panels([(label, left), ("ancestral, all levels", res["ancestral"])], out_path, **res)
         quality = score_samples({k: res[k] for k in ("gibbs", "ancestral")}, info.config.dataset,
-                                checkpoint_data_dir(info, data_dir), progress)
+                                checkpoint_data_dir(info, data_dir), progress,
+                                starts if value(init) == "data" else None)
     if json_out:
         return print_json({"out": str(path), "chains": chains, "steps": steps, "init": value(init),
-                           "feed": value(feed), "whole": whole, **(quality or {"scores": None}), "posterior_gap": gaps})
+                           "feed": value(feed), "whole": whole, "particles": particles, "moved": moved,
+                           **(quality or {"scores": None}), "posterior_gap": gaps})
     out.print(f"wrote {chains} Gibbs-chain samples ({steps} steps on {'every level' if whole else 'z_1'} from "
               f"{value(init)}) and {chains} ancestral samples to {path}", highlight=False)
+    if moved is not None:
+        out.print(f"i-SIR with K={particles}: a fresh draw of q replaced the chain's z in {moved:.1%} of the steps "
+                  "after the first (the rest kept z and redrew only x)", highlight=False)
     if quality is None:
         out.print("no quality scores: the classifier knows MNIST only")
     else:
@@ -339,6 +350,9 @@ def gibbs(
         for name, q in s.items():
             out.print(f"  {name:9s}  confidence {q['confidence']:.3f}  class entropy {q['class_entropy']:.2f}  "
                       f"classes {q['histogram']}", highlight=False, markup=False)
+        if "same_class_as_start" in quality:
+            out.print(f"  {quality['same_class_as_start']:.0%} of the chains end in the class of the test image they "
+                      "started from", highlight=False)
     if gaps:
         out.print(f"posterior gap on {gaps['images']} test images (IW bound, K={gaps['k']}): log p(x) - ELBO = "
                   f"KL(q(z|x) || p(z|x)) = {gaps['total']:.2f} nats", highlight=False)

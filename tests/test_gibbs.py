@@ -104,7 +104,7 @@ def test_gibbs_chain_re_encodes_what_it_drew(hvae_ckpt, monkeypatch):
     model, _ = load_model(hvae_ckpt)
     seen = spy_encoder(model, monkeypatch)
     x0 = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    final, states = gibbs.gibbs_chain(model, x0, steps=4, every=1, feed="mean")
+    final, states, _ = gibbs.gibbs_chain(model, x0, steps=4, every=1, feed="mean")
     assert len(seen) == 4 and torch.equal(seen[0], x0)
     for t in range(1, 4):
         torch.testing.assert_close(seen[t], states[t - 1])
@@ -119,7 +119,7 @@ def test_gibbs_chain_draws_x_from_p_x_given_z1(monkeypatch):
     model = build_model(default_config("mnist", "hvae", layers=3, output="gaussian")).eval()
     seen = spy_encoder(model, monkeypatch)
     x0 = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    _, states = gibbs.gibbs_chain(model, x0, steps=3, every=1, feed="sample", seed=2)
+    _, states, _ = gibbs.gibbs_chain(model, x0, steps=3, every=1, feed="sample", seed=2)
     r = torch.stack([seen[t] - states[t - 1] for t in (1, 2)])  # x^(t+1) - mean of p(x | z_1^(t))
     sigma, n = model.sigma, r.numel()  # 62720 draws: the mean's standard error is sigma / 250
     assert abs(r.mean().item()) < 5 * sigma / n ** 0.5, r.mean()
@@ -191,6 +191,28 @@ def test_cli_gibbs_reports_the_posterior_gap_by_level(hvae_ckpt, mnist_dir, tmp_
     assert r.exit_code == 2 and "--gap must be 0 (off) or between 1 and" in r.stderr and "Traceback" not in r.output
 
 
+def test_cli_gibbs_with_importance_resampling(hvae_ckpt, tmp_path):
+    """--particles K: the chain's z by i-SIR; the JSON and the text say how often it moved; the same seed gives the
+    same chain, which is not the chain drawn from q alone; K out of range is a one-line error."""
+    def run(*extra, out="g.npz"):
+        return runner.invoke(app, ["gibbs", str(hvae_ckpt), "--steps", "3", "--chains", "4", "--init", "noise",
+                                   "--gap", "0", "--no-progress", "--out", str(tmp_path / out), *extra])
+    r = run("--particles", "5", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["particles"] == 5 and 0 <= d["moved"] <= 1
+    first = np.load(tmp_path / "g.npz")["gibbs"]
+    assert run("--particles", "5", out="again.npz").exit_code == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "again.npz")["gibbs"], first)
+    r = run("--particles", "1", "--json", out="q.npz")
+    assert json.loads(r.stdout)["moved"] is None
+    assert not np.array_equal(np.load(tmp_path / "q.npz")["gibbs"], first)
+    r = run("--particles", "5", out="g.png")
+    assert r.exit_code == 0 and "i-SIR with K=5" in " ".join(r.output.split()), r.output
+    r = run("--particles", "0")
+    assert r.exit_code == 2 and "--particles" in r.stderr and "Traceback" not in r.output
+
+
 def test_cli_gibbs_errors_are_one_line(tiny_ckpt, tmp_path):
     r = runner.invoke(app, ["gibbs", str(tiny_ckpt), "--out", str(tmp_path / "g.png"), "--no-progress"])
     assert r.exit_code == 2 and "Markov HVAE" in r.stderr and "Traceback" not in r.output
@@ -242,7 +264,7 @@ def test_chain_on_z1_of_an_hvae_is_eq6_drawn_as_before(hvae_ckpt):
     model, _ = load_model(hvae_ckpt)
     model.eval()
     x0 = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    final, states = gibbs.gibbs_chain(model, x0, steps=3, every=1, seed=4)
+    final, states, _ = gibbs.gibbs_chain(model, x0, steps=3, every=1, seed=4)
     g, x = torch.Generator().manual_seed(4), x0
     with torch.no_grad():
         for t in range(3):
@@ -281,7 +303,7 @@ def test_whole_chain_decodes_every_level_and_repeats_with_its_seed(name, monkeyp
     model = small(name)
     seen = spy_decoder(model, monkeypatch)
     x0 = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    final, states = gibbs.gibbs_chain(model, x0, steps=3, every=1, seed=5, whole=True)
+    final, states, _ = gibbs.gibbs_chain(model, x0, steps=3, every=1, seed=5, whole=True)
     assert final.shape == (4, 1, 28, 28) and states.shape == (3, 4, 1, 28, 28)
     assert len(seen) == 3 and all([t.shape for t in z] == [(4, 2), (4, 3), (4, 4)] for z in seen)
     assert not torch.equal(seen[0][2], seen[1][2])  # the top level is redrawn every step
@@ -306,6 +328,21 @@ def test_chain_on_z1_needs_a_markov_model_and_whole_takes_any(tiny_ckpt):
     assert res["gibbs"].shape == res["ancestral"].shape == (3, 1, 28, 28)
 
 
+def test_same_class_counts_pairs_in_one_class():
+    """classifier.same_class: a stand-in classifier whose class is the image's mean brightness in tenths."""
+    from vlae_fast.classifier import same_class
+
+    class Brightness(torch.nn.Module):
+        def forward(self, x):
+            return -(torch.arange(10.0) - x.flatten(1).mean(1, keepdim=True) * 10).abs()
+
+    level = torch.tensor([0.02, 0.32, 0.52, 0.92]).view(4, 1, 1, 1).expand(4, 1, 28, 28)
+    other = level.clone()
+    other[1], other[3] = 0.12, 0.22  # two of four pairs change class
+    assert same_class(Brightness(), level, other) == 0.5
+    assert same_class(Brightness(), level, level.flip(0)) == 0.0
+
+
 @pytest.fixture()
 def untrained_classifier(tmp_path, monkeypatch):
     """An untrained DigitNet where the command looks for the cached classifier: the scores' plumbing only."""
@@ -324,7 +361,9 @@ def test_cli_gibbs_on_z1_of_an_lvae(tmp_path, untrained_classifier, mnist_dir):
     r = runner.invoke(app, ["gibbs", str(ckpt), "--steps", "2", "--chains", "4", "--out", str(tmp_path / "g.png"),
                             "--data-dir", str(mnist_dir), "--device", "cpu", "--no-progress"])
     assert r.exit_code == 0, r.output
-    assert "2 steps on z_1 from data" in " ".join(r.output.split()) and "confidence" in r.output
+    text = " ".join(r.output.split())
+    assert "2 steps on z_1 from data" in text and "confidence" in text
+    assert "of the chains end in the class of the test image they started from" in text
 
 
 def test_cli_gibbs_whole_on_an_ar_hvae(tmp_path, untrained_classifier, mnist_dir):
@@ -337,6 +376,7 @@ def test_cli_gibbs_whole_on_an_ar_hvae(tmp_path, untrained_classifier, mnist_dir
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["whole"] is True and set(out["scores"]) == {"gibbs", "ancestral"}
+    assert "same_class_as_start" not in out  # noise has no class to keep
     d = np.load(npz)
     assert d["gibbs"].shape == d["ancestral"].shape == (5, 1, 28, 28) and d["states"].shape == (2, 5, 1, 28, 28)
     png = tmp_path / "g.png"

@@ -23,16 +23,22 @@ def small(model: str) -> LatentModel:
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_log_weight_averages_to_the_elbo(name):
     """E_q[log p(x, z) - log q(z | x)] is the ELBO: the mean of many log_weight draws matches
-    -(recon + sum KL) of forward() averaged over as many draws (the VLAE's KL is closed-form there)."""
+    -(recon + sum KL) of forward() averaged over as many draws (the VLAE's KL is closed-form there); so does
+    log_weight at given codes z ~ q(z | x), which is a function of those codes (the same codes, the same value)."""
     model = small(name)
     x = torch.rand(2, 1, 28, 28, dtype=torch.float64).repeat(3000, 1, 1, 1)  # 2 images, 3000 draws each
     with torch.no_grad():
         lw = model.log_weight(x).view(3000, 2)
         out = model(x)
         elbo = -(out.recon + out.kl.sum(1)).view(3000, 2)
+        z = model.posterior_sample(x)
+        at = model.log_weight(x, z).view(3000, 2)
+        torch.testing.assert_close(model.log_weight(x[:6], [t[:6] for t in z]), at.flatten()[:6])
     assert lw.shape == (3000, 2) and torch.isfinite(lw).all()
     se = lw.std(0) / 3000 ** 0.5 + elbo.std(0) / 3000 ** 0.5
     assert ((lw.mean(0) - elbo.mean(0)).abs() < 4 * se + 1e-6).all(), (lw.mean(0), elbo.mean(0), se)
+    se = at.std(0) / 3000 ** 0.5 + elbo.std(0) / 3000 ** 0.5
+    assert ((at.mean(0) - elbo.mean(0)).abs() < 4 * se + 1e-6).all(), (at.mean(0), elbo.mean(0), se)
     assert (lw.std(0) > 0).all()  # a sample, not a constant
 
 

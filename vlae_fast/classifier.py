@@ -119,13 +119,24 @@ def quality_scores(clf: nn.Module, x: Tensor) -> dict:
             "max_entropy": math.log(10), "histogram": counts.tolist()}
 
 
+@torch.no_grad()
+def same_class(clf: nn.Module, a: Tensor, b: Tensor) -> float:
+    """The fraction of pairs (a_i, b_i) the classifier puts in the same class, e.g. a chain's end and its start."""
+    clf.eval()
+    return (clf(a.float().cpu()).argmax(1) == clf(b.float().cpu()).argmax(1)).double().mean().item()
+
+
 def score_samples(samples: dict[str, Tensor], dataset: str, data_dir: str | Path | None = None,
-                  show_progress: bool = True) -> dict | None:
+                  show_progress: bool = True, starts: Tensor | None = None) -> dict | None:
     """quality_scores of each named batch of samples with the cached classifier (trained first if there
     is none), or None for a data set other than MNIST (the only one it knows).
 
-    Returns {"classifier_accuracy": test accuracy, "scores": {name: quality_scores(...)}}."""
+    Returns {"classifier_accuracy": test accuracy, "scores": {name: quality_scores(...)}}, and with `starts` (the
+    images a Gibbs chain started from) "same_class_as_start": same_class(samples["gibbs"], starts)."""
     if dataset != "mnist":
         return None
     clf, acc = load_classifier(data_dir=data_dir, show_progress=show_progress)
-    return {"classifier_accuracy": acc, "scores": {k: quality_scores(clf, x) for k, x in samples.items()}}
+    out = {"classifier_accuracy": acc, "scores": {k: quality_scores(clf, x) for k, x in samples.items()}}
+    if starts is not None:
+        out["same_class_as_start"] = same_class(clf, samples["gibbs"], starts)
+    return out

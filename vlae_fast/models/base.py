@@ -7,8 +7,9 @@ A model has L levels, bottom first (l = 1 is closest to x), level l with a d_l-w
     encode(x) -> (mus, logvars)         the per-level posterior means (and log-variances) of q(z | x)
     decode(z) -> logits                 f_0 of the codes z_1 .. z_L: [B, C, H, W] pre-sigmoid
     posterior_sample(x, eps) -> z       z ~ q(z | x) with the given reparameterization noise (default: forward's z)
-    log_weight(x) -> [B]                one sample of log p(x, z) - log q(z | x), z ~ q(z | x): the
-                                        importance weight of the IW bound (its mean over z is the ELBO)
+    log_weight(x, z=None) -> [B]        log p(x, z) - log q(z | x) at one fresh z ~ q(z | x) (the importance
+                                        weight of the IW bound; its mean over z is the ELBO), or at given codes z
+                                        (the Gibbs chain's importance resampling)
 
 A level's *control* is what a traversal moves and a prior draw fills: for models with a flat prior
 (VLAE) it is the code z_l itself; for a hierarchical prior (Markov HVAE, Figure 3) it is the noise eps_l
@@ -65,7 +66,7 @@ class LatentModel(nn.Module):
     def decode(self, z: list[Tensor]) -> Tensor:
         raise NotImplementedError
 
-    def log_weight(self, x: Tensor) -> Tensor:
+    def log_weight(self, x: Tensor, z: list[Tensor] | None = None) -> Tensor:
         raise NotImplementedError
 
     def posterior_sample(self, x: Tensor, eps: list[Tensor] | None = None) -> list[Tensor]:

@@ -148,9 +148,10 @@ class HVAE(LatentModel):
         kl = torch.stack(self._lower_terms(z, q_terms) + [kl_top], dim=1)
         return Output(logits, self.recon_nll(x, logits), kl, z)
 
-    def log_weight(self, x: Tensor) -> Tensor:
-        """One sample of log p(x, z) - log q(z | x) along the inference path, the top level's term sampled too: [B]."""
-        return self._log_weight_from(x, 0)
+    def log_weight(self, x: Tensor, z: list[Tensor] | None = None) -> Tensor:
+        """log p(x, z) - log q(z | x) at one z drawn along the inference path (the top level's term sampled too),
+        or at the given codes: [B]."""
+        return self._log_weight_from(x, 0, z)
 
     def log_weight_above(self, h: Tensor, s: int) -> Tensor:
         """One sample of log p(h, z_{>s}) - log q(z_{>s} | h), z_{>s} ~ q along the inference path from h: [B].
@@ -163,9 +164,10 @@ class HVAE(LatentModel):
             raise NotImplementedError(f"{self.cfg.model}: the per-level split needs Markov inference and prior")
         return self._log_weight_from(h, s)
 
-    def _log_weight_from(self, h: Tensor, s: int) -> Tensor:
+    def _log_weight_from(self, h: Tensor, s: int, given: list[Tensor] | None = None) -> Tensor:
         """log_weight_above without its check: for s = 0 it is log_weight(x) of the HVAE and the AR-HVAE (their
-        bottom-up inference path; the priors and x read what prior_input and decode choose)."""
+        bottom-up inference path; the priors and x read what prior_input and decode choose). `given` (s = 0):
+        the codes at which to evaluate it instead of drawing them."""
         L = self.cfg.layers
         z: list[Tensor | None] = [None] * L
         if s:
@@ -173,7 +175,7 @@ class HVAE(LatentModel):
         log_w, cur = 0.0, h
         for l in range(s, L):  # z_{l+1} ~ q(z_{l+1} | z_l), 0-based l
             mu, logvar = self.q_params(l, cur)
-            cur = z[l] = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            cur = z[l] = given[l] if given is not None else mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
             log_w = log_w - gaussian_log_density(cur, mu, logvar)
         log_w = log_w + gaussian_log_density(z[-1], torch.zeros_like(z[-1]), torch.zeros_like(z[-1]))  # p(z_L)
         for l in range(max(s - 1, 0), L - 1):  # log p(z_{l+1} | z_{l+2}), from the data level z_s up

@@ -71,9 +71,10 @@ class LVAE(HVAE):
             est.append(self.q[l](d))
         return est
 
-    def _top_down(self, x: Tensor, eps: list[Tensor] | None, sample: bool = True):
+    def _top_down(self, x: Tensor, eps: list[Tensor] | None, sample: bool = True, given: list[Tensor] | None = None):
         """The codes top-down, each level's q (mu, logvar) and its prior p(z_l | z_{l+1}) (None at the top), and the
-        top level's KL(q(z_L | x) || N(0, I)). sample=False follows the posterior means instead (encode)."""
+        top level's KL(q(z_L | x) || N(0, I)). sample=False follows the posterior means instead (encode); `given`
+        codes are followed instead of drawn (q and p evaluated at them)."""
         L = self.cfg.layers
         est = self.bottom_up(x)
         z, q_terms, p_terms = [None] * L, [None] * L, [None] * L
@@ -82,11 +83,15 @@ class LVAE(HVAE):
             z[-1], kl_top = reparam_kl(mu, logvar, None if eps is None else eps[-1])  # z_L = mu + sigma * eps
         else:
             z[-1], kl_top = mu, None
+        if given is not None:
+            z[-1] = given[-1]
         for l in reversed(range(L - 1)):
             p_terms[l] = self.p_params(l, self.prior_input(z, l))  # p(z_l | z_{l+1})
             q_terms[l] = mu, logvar = precision_weighted(*est[l], *p_terms[l])
             e = torch.randn_like(mu) if eps is None else eps[l]
             z[l] = mu + torch.exp(0.5 * logvar) * e if sample else mu
+            if given is not None:
+                z[l] = given[l]
         return z, q_terms, p_terms, kl_top
 
     # --- training -------------------------------------------------------------------------
@@ -99,9 +104,9 @@ class LVAE(HVAE):
         kl = [gaussian_kl(*q_terms[l], *p_terms[l]) for l in range(self.cfg.layers - 1)]
         return Output(logits, self.recon_nll(x, logits), torch.stack(kl + [kl_top], dim=1), z)
 
-    def log_weight(self, x: Tensor) -> Tensor:
-        """One sample of log p(x, z) - log q(z | x), z ~ q(z | x) top-down: [B]."""
-        z, q_terms, p_terms, _ = self._top_down(x, None)
+    def log_weight(self, x: Tensor, z: list[Tensor] | None = None) -> Tensor:
+        """log p(x, z) - log q(z | x) at one z ~ q(z | x) drawn top-down, or at the given codes: [B]."""
+        z, q_terms, p_terms, _ = self._top_down(x, None, given=z)
         p_terms[-1] = (torch.zeros_like(z[-1]), torch.zeros_like(z[-1]))  # p(z_L) = N(0, I)
         log_ratio = sum(gaussian_log_density(z[l], *q_terms[l]) - gaussian_log_density(z[l], *p_terms[l])
                         for l in range(self.cfg.layers))

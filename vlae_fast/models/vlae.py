@@ -66,10 +66,11 @@ class FlatPriorLadder(LatentModel):
         recon = neg_log_likelihood(x, logits, self.cfg.output, self.cfg.output_scale)
         return Output(logits, recon, kl, z)
 
-    def log_weight(self, x: Tensor) -> Tensor:
-        """One sample of log r(x | z) + log N(z; 0, I) - log q(z | x), z ~ q(z | x): [B]."""
+    def log_weight(self, x: Tensor, z: list[Tensor] | None = None) -> Tensor:
+        """log r(x | z) + log N(z; 0, I) - log q(z | x) at one z ~ q(z | x), or at the given codes: [B]."""
         mus, logvars = self.encode(x)
-        z = [mu + torch.exp(0.5 * lv) * torch.randn_like(mu) for mu, lv in zip(mus, logvars)]
+        if z is None:
+            z = [mu + torch.exp(0.5 * lv) * torch.randn_like(mu) for mu, lv in zip(mus, logvars)]
         log_ratio = sum(gaussian_log_density(z_l, torch.zeros_like(z_l), torch.zeros_like(z_l))
                         - gaussian_log_density(z_l, mu, lv) for z_l, mu, lv in zip(z, mus, logvars))
         return log_ratio - neg_log_likelihood(x, self.decode(z), self.cfg.output, self.cfg.output_scale)
