@@ -316,6 +316,17 @@ def test_whole_chain_decodes_every_level_and_repeats_with_its_seed(name, monkeyp
         assert [[t.shape for t in z] for z in seen] == [[(4, 2)]] * 2
 
 
+@pytest.mark.parametrize("name", ["ar_hvae", "vlae"])
+def test_whole_chain_with_importance_resampling(name):
+    """--whole --particles K on models whose x reads every level: every level's codes are resampled together."""
+    model = small(name)
+    x0 = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    final, states, moved = gibbs.gibbs_chain(model, x0, steps=3, every=1, seed=5, whole=True, particles=4)
+    assert final.shape == (4, 1, 28, 28) and states.shape == (3, 4, 1, 28, 28) and 0 <= moved <= 1
+    again = gibbs.gibbs_chain(model, x0, steps=3, every=1, seed=5, whole=True, particles=4)
+    torch.testing.assert_close(again[1], states, rtol=0, atol=0)
+
+
 def test_chain_on_z1_needs_a_markov_model_and_whole_takes_any(tiny_ckpt):
     from vlae_fast.checkpoint import load_model
 
