@@ -395,3 +395,24 @@ def test_cli_gibbs_whole_on_an_ar_hvae(tmp_path, untrained_classifier, mnist_dir
                             "--out", str(png), "--device", "cpu", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "on every level" in " ".join(r.output.split()) and "confidence" in r.output
+
+
+def test_importance_resampling_in_blocks_is_the_same_step(monkeypatch):
+    """Many particles go through the model in blocks of ISIR_ROWS images; each block is the same i-SIR step: with
+    one block per chain, each chain's pick equals the pick of a call on that chain alone with the same stream."""
+    model = small("hvae")
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    z = model.posterior_sample(x)
+    monkeypatch.setattr(gibbs, "ISIR_ROWS", 8)  # 8 // 5 particles: one chain per block
+    seen = []
+    sample = model.posterior_sample
+    monkeypatch.setattr(model, "posterior_sample", lambda x, eps: seen.append(len(x)) or sample(x, eps))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        picked, moved = gibbs.resample_posterior(model, x, z, 5, g)
+        assert seen == [4, 4, 4] and [t.shape for t in picked] == [(3, 2), (3, 3), (3, 4)] and moved.shape == (3,)
+        g = torch.Generator().manual_seed(3)
+        for i in range(3):
+            alone, _ = gibbs.resample_posterior(model, x[i : i + 1], [t[i : i + 1] for t in z], 5, g)
+            for a, b in zip(alone, picked):
+                torch.testing.assert_close(a[0], b[i], rtol=0, atol=0)

@@ -72,6 +72,7 @@ def check_hvae(model: nn.Module, whole: bool = False) -> None:
 
 UPPER_SEED = 0x5EED  # offset of the noise stream of levels 2 .. L from the chain's own seed
 MAX_PARTICLES = 1000
+ISIR_ROWS = 2000  # images per model call in the resampling step: bounds its memory
 
 
 def resample_posterior(model: nn.Module, x: Tensor, z: list[Tensor] | None, particles: int,
@@ -79,7 +80,15 @@ def resample_posterior(model: nn.Module, x: Tensor, z: list[Tensor] | None, part
     """One i-SIR step towards p(z | x) (module docstring): `particles` - 1 fresh draws of q(z | x) and the current
     codes z (all `particles` fresh draws when z is None: plain SIR, for the chain's first step), one picked per
     row with probability w_k / sum w. Returns the picked codes (every level) and, per row, whether a fresh draw
-    was picked ([N] bool)."""
+    was picked ([N] bool). Rows go through the model in blocks of at most ISIR_ROWS images."""
+    per = max(1, ISIR_ROWS // particles)
+    parts = [_resample_block(model, x[i : i + per], None if z is None else [t[i : i + per] for t in z], particles, g)
+             for i in range(0, x.shape[0], per)]
+    return [torch.cat(level) for level in zip(*(p[0] for p in parts))], torch.cat([p[1] for p in parts])
+
+
+def _resample_block(model: nn.Module, x: Tensor, z: list[Tensor] | None, particles: int,
+                    g: torch.Generator) -> tuple[list[Tensor], Tensor]:
     n, keep = x.shape[0], z is not None
     m = particles - 1 if keep else particles
     x_m = x.repeat_interleave(m, dim=0)  # row i's draws are rows i*m .. i*m + m - 1
