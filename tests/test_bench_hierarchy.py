@@ -40,3 +40,17 @@ def test_table_from_reports_with_seeds(tmp_path):
                          text=True, check=True).stdout
     assert "| s0 | 0 | 0.20 / 0.30 / 0.80 |" in out and "| 10 | 5/5 |" in out and "4/5 (fails: identity" in out
     assert "0.75 ± 0.07" in out and "identity rises, top >= .75, bottom <= .35: holds on 1 of 2 seeds" in out
+
+
+def test_within_class_variance_leaves_out_the_class_changes():
+    """bench/within_class.py: a row whose factor jumps with the class (1, 3 | 10, 12) has within-class variance 1,
+    not the row's 22.25; a row of one class keeps its whole variance."""
+    import torch
+    import within_class
+
+    v = torch.tensor([[1.0, 3.0, 10.0, 12.0], [1.0, 3.0, 10.0, 12.0]])
+    pred = torch.tensor([[0, 0, 1, 1], [4, 4, 4, 4]])
+    assert within_class.within_class_variance(v[:1], pred[:1]) == pytest.approx(1.0)
+    assert within_class.within_class_variance(v, pred) == pytest.approx((1.0 + v[1].var(unbiased=False).item()) / 2)
+    pred3 = torch.tensor([[0, 0, 0, 1]])  # weights: 3/4 x var(1, 3, 10) + 1/4 x 0
+    assert within_class.within_class_variance(v[:1], pred3) == pytest.approx(0.75 * torch.tensor([1.0, 3, 10]).var(unbiased=False).item())
