@@ -16,7 +16,8 @@ from vlae_fast.checkpoint import read_checkpoint
 
 STEPS = 6  # 80 images / 20 per batch = 4 steps per epoch: the run crosses an epoch boundary
 SMALL = ["--train-limit", "80", "--batch-size", "20", "--eval-limit", "20", "--layers", "2", "--latent-dim", "2",
-         "--warmup", "5", "--save-every", "2", "--log-every", "1", "--device", "cpu", "--no-progress", "--seed", "3"]
+         "--warmup", "5", "--save-every", "2", "--log-every", "1", "--device", "cpu", "--no-progress", "--seed", "3",
+         "--hidden", "64"]  # a small network: the same resume logic, 1 MB checkpoints instead of 100s of MB
 
 
 def vlae(args: list[str], mnist_dir: Path) -> subprocess.Popen:
