@@ -124,6 +124,9 @@ def train(
                                              "input rises from 0 to 1 (default a quarter of a stage)."),
     pre_kl: Optional[float] = typer.Option(None, min=0, help="progressive: KL weight of levels not yet switched on "
                                            "(keeps them at the prior until the generator listens)."),
+    first_kl: Optional[float] = typer.Option(None, min=0, help="progressive: a factor on the top level's KL weight "
+                                             "during the first stage, while it trains alone (default 1); > 1 keeps its "
+                                             "code to the largest factors, leaving style for the levels below."),
     kl_scale: Optional[str] = typer.Option(None, callback=kl_factors, help="A fixed factor on each level's KL "
                                            "weight, bottom first (e.g. 2,1,1: the bottom level's information costs "
                                            "twice). Default 1 for every level; the reported ELBO always uses 1. "

@@ -91,8 +91,8 @@ def test_training_applies_and_logs_the_schedule(tmp_path, mnist_dir, monkeypatch
     monkeypatch.setattr("vlae_fast.train.make_step", recording)
     m = default_config("mnist", "vlae", latent_dims=[2, 2, 2], hidden=32, join="gated_add")
     cfg = TrainConfig(steps=9, schedule="progressive", kl_anneal="exp", warmup=3, stage_steps=3, fade_steps=2,
-                      pre_kl=0.3, batch_size=20, train_limit=100, eval_limit=40, data_dir=str(mnist_dir),
-                      device="cpu", log_every=1, save_every=0)
+                      pre_kl=0.3, first_kl=2.0, batch_size=20, train_limit=100, eval_limit=40,
+                      data_dir=str(mnist_dir), device="cpu", log_every=1, save_every=0)
     train(m, cfg, tmp_path / "run", show_progress=False)
     lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
     assert len(seen) == len(lines) == 9
@@ -145,7 +145,7 @@ def test_refused_settings(tmp_path, mnist_dir):
     with pytest.raises(ConfigError, match="at most --steps / 3"):
         train(default_config("mnist"), TrainConfig(steps=20, kl_anneal="exp", warmup=10, **base),
               tmp_path / "c", show_progress=False)
-    for bad in ({"schedule": "staged"}, {"kl_anneal": "cosine"}, {"stage_steps": -1}, {"pre_kl": -1}):
+    for bad in ({"schedule": "staged"}, {"kl_anneal": "cosine"}, {"stage_steps": -1}, {"pre_kl": -1}, {"first_kl": -1}):
         with pytest.raises(ConfigError):
             TrainConfig(**bad)
 
@@ -159,6 +159,28 @@ def test_kl_scale_multiplies_each_level_weight(tmp_path, mnist_dir):
     with pytest.raises(ConfigError, match="2 factors for 3 levels"):
         train(default_config("mnist"), TrainConfig(steps=4, kl_scale=(1, 2), train_limit=100, data_dir=str(mnist_dir),
                                                    device="cpu"), tmp_path / "a", show_progress=False)
+
+
+def test_first_kl_multiplies_the_top_level_weight_in_the_first_stage_only(tmp_path, mnist_dir):
+    """--first-kl B: the top level's KL weight times B while it trains alone (steps 0 .. stage - 1), then as before;
+    the levels below and the plain schedule are untouched. vlae train records it in settings.toml."""
+    cfg, base = progressive(stage_steps=10, fade_steps=4, warmup=5, first_kl=3), progressive(stage_steps=10, fade_steps=4, warmup=5)
+    for t in range(30):
+        got, want = schedule.weights(t, cfg, 3)[1], schedule.weights(t, base, 3)[1]
+        assert got[:2] == want[:2] and got[2] == pytest.approx(want[2] * (3 if t < 10 else 1)), t
+    plain = TrainConfig(steps=10, warmup=4, first_kl=3)
+    assert schedule.weights(0, plain, 3) == schedule.weights(0, TrainConfig(steps=10, warmup=4), 3)
+    from typer.testing import CliRunner
+    from vlae_fast.cli.app import app
+
+    r = CliRunner().invoke(app, ["train", "mnist", "--steps", "4", "--stage-steps", "1", "--fade-steps", "1",
+                                 "--warmup", "1", "--first-kl", "2.5", "--hidden", "32", "--train-limit", "40",
+                                 "--batch-size", "20", "--eval-limit", "20", "--data-dir", str(mnist_dir), "--out",
+                                 str(tmp_path / "run"), "--device", "cpu", "--no-progress", "--log-every", "1"])
+    assert r.exit_code == 0, r.output
+    assert 'first-kl = 2.5' in (tmp_path / "run" / "settings.toml").read_text()
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1 and first["kl_weights"][2] == pytest.approx(2.5 * (1 - torch.exp(torch.tensor(-1.0)).item()))
 
 
 def test_kl_scale_may_change_on_resume(tmp_path, mnist_dir):

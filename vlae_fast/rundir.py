@@ -29,7 +29,7 @@ RUN_FILES = (CKPT_NAME, METRICS_NAME, SETTINGS_NAME, TENSORBOARD_NAME)  # what -
 # its checkpoint), as the command line spells them.
 MODEL_OPTIONS = ("model", "layers", "latent_dim", "likelihood", "join", "hidden", "batch_size", "warmup", "seed",
                  "train_limit", "image_size", "grayscale", "rgb", "svhn_extra", "precision", "recipe", "kl_anneal",
-                 "schedule", "stage_steps", "fade_steps", "pre_kl")
+                 "schedule", "stage_steps", "fade_steps", "pre_kl", "first_kl")
 
 
 @dataclass
@@ -161,7 +161,8 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
                       train_limit=o.get("train_limit"), eval_limit=o.get("eval_limit"),
                       grad_clip=o.get("grad_clip") or 0.0, kernels=o.get("kernels"), data_options=opts,
                       compile=bool(o.get("compile")), precision=o.get("precision") or d.precision, recipe=recipe,
-                      **{k: o[k] for k in ("kl_anneal", "schedule", "stage_steps", "fade_steps", "pre_kl", "kl_scale") if k in o})
+                      **{k: o[k] for k in ("kl_anneal", "schedule", "stage_steps", "fade_steps", "pre_kl", "first_kl",
+                                           "kl_scale") if k in o})
     return RunPlan(model_cfg, cfg, None, run_dir)
 
 
@@ -183,7 +184,8 @@ def settings_of(model_cfg, cfg: TrainConfig) -> dict:
          "recipe": cfg.recipe, "kl-anneal": cfg.kl_anneal, "schedule": cfg.schedule,
          "kl-scale": ",".join(f"{b:g}" for b in cfg.kl_scale) if cfg.kl_scale else None}
     if cfg.schedule == "progressive":
-        s.update({"stage-steps": cfg.stage_steps, "fade-steps": cfg.fade_steps, "pre-kl": cfg.pre_kl})
+        s.update({"stage-steps": cfg.stage_steps, "fade-steps": cfg.fade_steps, "pre-kl": cfg.pre_kl,
+                  "first-kl": cfg.first_kl if cfg.first_kl != 1 else None})
     return {k: v for k, v in s.items() if v is not None}
 
 

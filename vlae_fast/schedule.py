@@ -11,7 +11,9 @@ Progressive training (pro-VLAE, Li et al. 2020): the top, most abstract level tr
 A level not yet started (alpha_l = 0) still encodes and pays its KL with the small weight pre_kl, so
 its posterior stays at the prior until the generator listens to it; from start_l on it takes w(t).
 kl_scale (beta_l, bottom first) multiplies level l's weight throughout: beta_l > 1 makes the level's
-information dearer (the reported ELBO is always eq. 14's, with every weight 1).
+information dearer (the reported ELBO is always eq. 14's, with every weight 1). first_kl multiplies the top
+level's weight during the first stage only, while it trains alone: > 1 leaves its code room for the few largest
+factors, so the style the top would otherwise take first (slant, docs/hierarchy.md) is left for level L - 1.
 """
 from __future__ import annotations
 
@@ -56,4 +58,7 @@ def weights(step: int, cfg, layers: int) -> tuple[list[float], list[float]]:
         return [1.0] * layers, [w * b for b in beta]
     alphas = [fade(step, l, layers, cfg.stage_steps, cfg.fade_steps) for l in range(1, layers + 1)]
     started = [step >= level_start(l, layers, cfg.stage_steps) for l in range(1, layers + 1)]
-    return alphas, [(w if on else cfg.pre_kl) * b for on, b in zip(started, beta)]
+    kl = [(w if on else cfg.pre_kl) * b for on, b in zip(started, beta)]
+    if layers > 1 and step < level_start(layers - 1, layers, cfg.stage_steps):  # the first stage: the top alone
+        kl[-1] *= cfg.first_kl
+    return alphas, kl
