@@ -79,19 +79,21 @@ class LVAE(HVAE):
         est = self.bottom_up(x)
         z, q_terms, p_terms = [None] * L, [None] * L, [None] * L
         q_terms[-1] = mu, logvar = est[-1]  # q(z_L | x): the top estimate itself
-        if sample:
+        if given is not None:
+            z[-1], kl_top = given[-1], None
+        elif sample:
             z[-1], kl_top = reparam_kl(mu, logvar, None if eps is None else eps[-1])  # z_L = mu + sigma * eps
         else:
             z[-1], kl_top = mu, None
-        if given is not None:
-            z[-1] = given[-1]
         for l in reversed(range(L - 1)):
             p_terms[l] = self.p_params(l, self.prior_input(z, l))  # p(z_l | z_{l+1})
             q_terms[l] = mu, logvar = precision_weighted(*est[l], *p_terms[l])
-            e = torch.randn_like(mu) if eps is None else eps[l]
-            z[l] = mu + torch.exp(0.5 * logvar) * e if sample else mu
             if given is not None:
                 z[l] = given[l]
+            elif sample:
+                z[l] = mu + torch.exp(0.5 * logvar) * (torch.randn_like(mu) if eps is None else eps[l])
+            else:
+                z[l] = mu
         return z, q_terms, p_terms, kl_top
 
     # --- training -------------------------------------------------------------------------
