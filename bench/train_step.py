@@ -14,20 +14,23 @@ Variants (one setup per case serves all of them; rows that do not apply on this 
                       sync-free Adam + guard (vs lib-default)
     lib-torch         the library's step (vlae_fast.train.make_step) with --kernels torch
     lib-default       the library's step as `vlae train` runs it by default on this device
+    lib-system-malloc CPU only: lib-default without vlae_fast.host_memory (glibc's default mmap/munmap of large
+                      buffers, so each step's buffers are faulted in again); isolates that setting
     lib-bf16          lib-default under bf16 autocast (--precision bf16)
     lib-compile       torch.compile of the library's step (--compile): forward + backward + guard + Adam
     lib-triton        CUDA only: the fused Triton ops (--kernels triton)
     lib-cudagraph     CUDA only: the whole step captured in one CUDA graph and replayed
 
-Timing: every variant (and one large sgemm) runs one step per round, round-robin, so a loaded machine
+Timing: every variant runs in its own worker process (so process-wide settings such as the library's host
+malloc setting, which `vlae train` applies on CPUs, apply to the variants that have them and to no other),
+and one step of each (and one large sgemm in this process) runs per round, round-robin, so a loaded machine
 slows them alike and the ratios stay fair; the first --warmup rounds (compilation, autotuning, Adam's state)
 are not counted. Per variant: median and 20/80 % quantiles of the step time, images/s, achieved GFLOP/s
 = counted FLOPs of one step / median time (FLOPs of forward + backward counted once per case with
 torch.utils.flop_counter, the same figure for every variant, so GFLOP/s ratios are speed ratios), that
 as a fraction of the measured sgemm ceiling (median GFLOP/s of an N x N x N float32 matmul timed in the
-same rounds), and peak memory: max_memory_allocated on CUDA; on the CPU the peak RSS of a separate
-process that runs only that variant for --warmup + 2 steps (RSS is per process, so it cannot be split
-in one process).
+same rounds), and peak memory: max_memory_allocated on CUDA; on the CPU the peak RSS (VmHWM) of the
+variant's worker process.
 
 Writes bench/results/<device>-train.json (rows + CPU model and flags, load average, versions, date) and
 prints the markdown table that bench/README.md keeps.
@@ -36,12 +39,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import re
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,7 +56,7 @@ sys.path.insert(0, str(HERE))
 
 from plain_vlae import PlainVLAE, plain_step  # noqa: E402
 
-from vlae_fast import guards  # noqa: E402
+from vlae_fast import guards, host_memory  # noqa: E402
 from vlae_fast.kernels import use_backend  # noqa: E402
 from vlae_fast.kernels.ladder_linear import apply_activation  # noqa: E402
 from vlae_fast.models import blocks  # noqa: E402
@@ -68,8 +71,9 @@ CASES = {  # name -> (data set, model, batch, default timed steps)
     "svhn-b100": ("svhn", "vlae", 100, 8),
     "celeba-b100": ("celeba", "vlae", 100, 4),
 }
-VARIANTS = ("eager-plain", "lib-before", "lib-adam-loop", "lib-torch", "lib-default", "lib-bf16", "lib-compile", "lib-triton",
-            "lib-cudagraph")
+VARIANTS = ("eager-plain", "lib-before", "lib-adam-loop", "lib-torch", "lib-default", "lib-system-malloc", "lib-bf16",
+            "lib-compile", "lib-triton", "lib-cudagraph")
+AS_TRAIN_RUNS = ("lib-torch", "lib-default", "lib-bf16", "lib-compile", "lib-triton", "lib-cudagraph")  # host malloc as in train()
 LR = 2e-4
 
 
@@ -112,6 +116,8 @@ class Variant:
         cuda = self.device.type == "cuda"
         if self.name == "eager-plain" and (dataset, model) != ("mnist", "vlae"):
             return "bench/plain_vlae.py is the MNIST VLAE only"
+        if self.name == "lib-system-malloc" and cuda:
+            return "skipped: the host malloc setting is for CPU runs"
         if self.name in ("lib-triton", "lib-cudagraph") and not cuda:
             return "skipped: no CUDA device (Triton kernels and CUDA graphs need one)"
         if self.name == "lib-triton" and not HAVE_TRITON:
@@ -219,16 +225,6 @@ def count_flops(case: str, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def memory_of(case: str, variant: str, device: torch.device, warmup: int) -> float:
-    """Peak RSS in MiB of a fresh process that runs only `variant` of `case` (CPU)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-of", case, variant, "--warmup", str(warmup),
-           "--device", str(device)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if out.returncode != 0:
-        raise RuntimeError(f"memory run of {case}/{variant} failed: {out.stderr[-2000:]}")
-    return float(out.stdout.strip().splitlines()[-1])
-
-
 def peak_rss_mib() -> float:
     """This process's peak RSS. Linux: VmHWM (ru_maxrss would carry the parent's peak across fork + exec)."""
     try:
@@ -243,6 +239,30 @@ def make_input(case: str, device: torch.device) -> torch.Tensor:
     return torch.rand(batch, *shape, generator=torch.Generator().manual_seed(1)).to(device)
 
 
+def worker(conn, case: str, name: str, device: str, threads: int) -> None:
+    """One variant in its own process: set up, answer "ready" with its parameter count, then time one step per
+    "step" message (returns seconds and the CUDA peak) until "done" (returns the peak RSS in MiB)."""
+    torch.set_num_threads(threads)
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    elif name in AS_TRAIN_RUNS:
+        host_memory.keep_freed_memory()  # what train() does on a CPU
+    v = Variant(name, case, device)
+    v.setup(make_input(case, device))
+    conn.send(sum(p.numel() for p in v.model.parameters()))
+    while conn.recv() == "step":
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync(device)
+        t = time.perf_counter()
+        v.step()
+        sync(device)
+        conn.send((time.perf_counter() - t, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0))
+    conn.send(peak_rss_mib())
+
+
 def run_case(case: str, names: list[str], device: torch.device, steps: int, warmup: int, n_gemm: int,
              memory: bool) -> dict:
     _, _, batch, _ = CASES[case]
@@ -250,32 +270,28 @@ def run_case(case: str, names: list[str], device: torch.device, steps: int, warm
     flops = count_flops(case, x)
     variants = [Variant(n, case, device) for n in names]
     live = [v for v in variants if v.skip is None]
-    for v in live:
-        v.setup(x)
-    plain = next((v for v in live if v.name == "eager-plain"), None)
-    lib = next((v for v in live if v.name == "lib-default"), None)
-    if plain and lib:
-        n_plain, n_lib = (sum(p.numel() for p in m.parameters()) for m in (plain.model, lib.model))
-        assert n_plain == n_lib, f"the plain VLAE has {n_plain} parameters, the library's {n_lib}: not the same network"
+    ctx = mp.get_context("spawn")  # a fresh interpreter per variant (CUDA cannot fork)
+    for v in live:  # set up one after the other, so the set-ups do not compete
+        v.conn, child = ctx.Pipe()
+        v.proc = ctx.Process(target=worker, args=(child, case, v.name, str(device), torch.get_num_threads()), daemon=True)
+        v.proc.start()
+        v.params = v.conn.recv()
+    counts = {v.name: v.params for v in live if v.name in ("eager-plain", "lib-default")}
+    if len(counts) == 2:
+        assert len(set(counts.values())) == 1, f"not the same network: parameter counts {counts}"
     a = torch.randn(n_gemm, n_gemm, device=device)
     b = torch.randn(n_gemm, n_gemm, device=device)
     c = torch.empty(n_gemm, n_gemm, device=device)
     gemm_times = []
     for r in range(warmup + steps):
         for v in live:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            sync(device)
-            t = time.perf_counter()
-            v.step()
-            sync(device)
-            dt = time.perf_counter() - t
+            v.conn.send("step")
+            dt, peak = v.conn.recv()
             if r == 0:
                 v.first_step_s = dt
             if r >= warmup:
                 v.times.append(dt)
-            if device.type == "cuda":
-                v.peak = max(v.peak, torch.cuda.max_memory_allocated(device))
+            v.peak = max(v.peak, peak)
         sync(device)
         t = time.perf_counter()
         torch.mm(a, b, out=c)
@@ -283,7 +299,14 @@ def run_case(case: str, names: list[str], device: torch.device, steps: int, warm
         if r >= warmup:
             gemm_times.append(time.perf_counter() - t)
         print(f"  {case} round {r + 1}/{warmup + steps}", file=sys.stderr, end="\r")
+    for v in live:
+        v.conn.send("done")
+        rss = v.conn.recv()
+        v.proc.join()
+        if device.type != "cuda":
+            v.peak = rss * 2**20
     gemm_gflops = 2 * n_gemm**3 / statistics.median(gemm_times) / 1e9
+    plain = next((v for v in live if v.name == "eager-plain"), None)
     base = statistics.median(plain.times) if plain else None
     rows = []
     for v in variants:
@@ -297,10 +320,8 @@ def run_case(case: str, names: list[str], device: torch.device, steps: int, warm
         row.update(median_ms=1e3 * med, q20_ms=1e3 * q[0], q80_ms=1e3 * q[3], min_ms=1e3 * t[0], max_ms=1e3 * t[-1],
                    steps=len(t), first_step_s=v.first_step_s, images_per_s=batch / med, gflops=flops / med / 1e9,
                    frac_sgemm=flops / med / 1e9 / gemm_gflops, speedup_vs_plain=base / med if base else None)
-        if device.type == "cuda":
+        if memory:
             row["peak_mem_mib"] = v.peak / 2**20
-        elif memory:
-            row["peak_mem_mib"] = memory_of(case, v.name, device, warmup)
         rows.append(row)
     params = sum(p.numel() for p in build_model(default_config(*CASES[case][:2])).parameters())
     return {"case": case, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "threads": torch.get_num_threads(),
@@ -332,23 +353,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (compilation, Adam's state)")
     p.add_argument("--sgemm", type=int, default=2048, help="N of the N x N x N float32 matmul ceiling")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
-    p.add_argument("--no-memory", dest="memory", action="store_false", help="CPU: skip the per-variant RSS runs")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="leave the peak memory column out")
     p.add_argument("--out", default=str(HERE / "results"), help="folder for <device>-train.json")
-    p.add_argument("--memory-of", nargs=2, metavar=("CASE", "VARIANT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 on every side, sgemm included
         torch.backends.cudnn.allow_tf32 = False
-
-    if args.memory_of:  # child process of memory_of(): run one variant, print its peak RSS
-        case, name = args.memory_of
-        v = Variant(name, case, device)
-        v.setup(make_input(case, device))
-        for _ in range(args.warmup + 2):
-            v.step()
-        print(peak_rss_mib())
-        return
 
     cases = [c for c in args.cases.split(",") if c]
     names = [n for n in args.variants.split(",") if n]

@@ -1,5 +1,5 @@
-"""bench/train_step.py runs end to end on a CPU (one timed step), lists the CUDA-only variants as skipped
-with the reason, and its plain baseline does not import the library."""
+"""bench/train_step.py runs end to end on a CPU (two timed steps, each variant in its own process), lists the
+CUDA-only variants as skipped with the reason, and its plain baseline does not import the library."""
 import json
 import os
 import subprocess
@@ -19,7 +19,7 @@ def test_train_step_bench_writes_rows_and_skips_what_the_device_lacks(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)  # the interpreter is never timed
     cmd = [sys.executable, "bench/train_step.py", "--cases", "mnist-b100", "--steps", "2", "--warmup", "1",
-           "--variants", "eager-plain,lib-default,lib-triton,lib-cudagraph", "--no-memory", "--sgemm", "256",
+           "--variants", "eager-plain,lib-default,lib-system-malloc,lib-triton,lib-cudagraph", "--sgemm", "256",
            "--device", "cpu", "--out", str(tmp_path)]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -32,6 +32,9 @@ def test_train_step_bench_writes_rows_and_skips_what_the_device_lacks(tmp_path):
     plain, lib = rows["eager-plain"], rows["lib-default"]
     assert plain["speedup_vs_plain"] == 1.0 and lib["steps"] == 2 and 0 < lib["frac_sgemm"]
     assert lib["gflops"] * lib["median_ms"] == pytest_approx(result["cases"][0]["flops_per_step"] / 1e6)
+    assert rows["lib-system-malloc"]["steps"] == 2
+    # each variant's own process: the model (29 M float32 parameters, 116 MB) and Adam's two moments at least
+    assert all(rows[v]["peak_mem_mib"] > 300 for v in ("eager-plain", "lib-default", "lib-system-malloc"))
     assert "| mnist-b100 | lib-triton | skipped: no CUDA" in p.stdout
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import guards, resume, rundir, schedule
+from . import guards, host_memory, resume, rundir, schedule
 from .checkpoint import CKPT_NAME, Checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import load_dataset
@@ -159,6 +159,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     device = resolve_device(cfg.device)
     procs = Processes.start(device)  # this process alone, or one of torchrun's
     device = procs.device
+    if device.type == "cpu":
+        host_memory.keep_freed_memory()  # no page faults on the step's buffers after the first step
     procs.check_batch(cfg.batch_size)
     if procs.main:
         rundir.check_run_dir(out_dir, overwrite, start.path if start else None)  # before any slow work
