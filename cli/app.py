@@ -127,6 +127,10 @@ def train(
     first_kl: Optional[float] = typer.Option(None, min=0, help="progressive: a factor on the top level's KL weight "
                                              "during the first stage, while it trains alone (default 1); > 1 keeps its "
                                              "code to the largest factors, leaving style for the levels below."),
+    input_noise: Optional[float] = typer.Option(None, min=0, help="Denoising: the standard deviation of Gaussian "
+                                                "noise added to the encoder's input while training (the authors' "
+                                                "configs use it; pixels are in [0, 1]); the reconstruction is "
+                                                "scored on the clean image. Default 0 (off)."),
     kl_scale: Optional[str] = typer.Option(None, callback=kl_factors, help="A fixed factor on each level's KL "
                                            "weight, bottom first (e.g. 2,1,1: the bottom level's information costs "
                                            "twice). Default 1 for every level; the reported ELBO always uses 1. "

@@ -145,7 +145,8 @@ def test_refused_settings(tmp_path, mnist_dir):
     with pytest.raises(ConfigError, match="at most --steps / 3"):
         train(default_config("mnist"), TrainConfig(steps=20, kl_anneal="exp", warmup=10, **base),
               tmp_path / "c", show_progress=False)
-    for bad in ({"schedule": "staged"}, {"kl_anneal": "cosine"}, {"stage_steps": -1}, {"pre_kl": -1}, {"first_kl": -1}):
+    for bad in ({"schedule": "staged"}, {"kl_anneal": "cosine"}, {"stage_steps": -1}, {"pre_kl": -1}, {"first_kl": -1},
+                {"input_noise": -0.1}):
         with pytest.raises(ConfigError):
             TrainConfig(**bad)
 

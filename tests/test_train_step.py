@@ -74,3 +74,43 @@ def test_checkpoint_from_the_unfused_optimizer_resumes_fused(tmp_path):
     before = [p.detach().clone() for p in model.parameters()]
     step(torch.rand(8, 1, 28, 28), torch.tensor(1.0), None)  # asserts inside Adam if found_inf meets the loop
     assert opt.param_groups[0]["fused"] and any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("cfg", [TINY, {"model": "hvae", "latent_dims": [2, 2], "channels": [4, 8], "hidden": 16,
+                                        "learn_scale": True}], ids=["vlae", "hvae-learned-scale"])
+def test_input_noise_feeds_the_encoder_a_noisy_image_and_scores_the_clean_one(cfg):
+    torch.manual_seed(0)
+    model = build_model(make_config(cfg))
+    opt = make_optimizer(model, 1e-3)
+    step = make_step(model, model, opt, guards.NonFiniteGuard(opt, torch.device("cpu")), input_noise=0.3)
+    x = torch.rand(8, 1, 28, 28)
+    eps = [torch.randn(8, 2) for _ in range(2)]
+    torch.manual_seed(5)
+    noisy = x + 0.3 * torch.randn_like(x)
+    with torch.no_grad():
+        out = model(noisy, eps)  # the step's forward, before its update
+        want = model.recon_nll(x, out.logits).mean()
+        noisy_target = out.recon.mean()  # the same logits scored on the noisy image
+        clean = model(x, eps).recon.mean()
+    torch.manual_seed(5)
+    got = step(x, torch.tensor(1.0), eps)
+    assert got[1].item() == pytest.approx(want.item(), rel=1e-5)
+    assert abs(want - noisy_target) > 1 and abs(want - clean) > 1e-2  # neither the noisy target nor no noise
+
+
+def test_cli_input_noise_reaches_the_step_and_settings(tmp_path, mnist_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    import vlae_fast.train as train_mod
+    from vlae_fast.cli.app import app
+    seen = []
+    real = train_mod.make_step
+    monkeypatch.setattr(train_mod, "make_step", lambda *a, **kw: seen.append(a[7] if len(a) > 7 else kw.get("input_noise"))
+                        or real(*a, **kw))
+    r = CliRunner().invoke(app, ["train", "mnist", "--steps", "3", "--input-noise", "0.2", "--hidden", "32",
+                                 "--schedule", "plain", "--warmup", "1", "--train-limit", "40", "--batch-size", "20",
+                                 "--eval-limit", "20", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "run"),
+                                 "--device", "cpu", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert seen == [0.2]
+    assert "input-noise = 0.2" in (tmp_path / "run" / "settings.toml").read_text()

@@ -37,6 +37,7 @@ class TrainConfig:
     fade_steps: int | None = None  # progressive: steps over which a level's input fades in, 0 -> 1; None = stage / 4
     pre_kl: float = 0.5  # progressive: KL weight of the levels not yet switched on (keeps them at the prior)
     first_kl: float = 1.0  # progressive: a factor on the top level's KL weight during the first stage (it trains alone)
+    input_noise: float = 0.0  # denoising: std of the Gaussian noise on the encoder's input (the target stays clean)
     kl_scale: tuple[float, ...] | None = None  # a fixed factor on each level's KL weight, bottom first (beta_l); None = 1
 
     def __post_init__(self):
@@ -48,6 +49,8 @@ class TrainConfig:
         if (self.stage_steps or 0) < 0 or (self.fade_steps or 0) < 0 or self.pre_kl < 0 or self.first_kl < 0:
             raise ConfigError(f"--stage-steps, --fade-steps, --pre-kl and --first-kl must be >= 0; got "
                               f"{self.stage_steps}, {self.fade_steps}, {self.pre_kl:g}, {self.first_kl:g}")
+        if self.input_noise < 0:
+            raise ConfigError(f"--input-noise is a standard deviation and must be >= 0; got {self.input_noise:g}")
 
     def resolve_stages(self, layers: int) -> None:
         """Fix the progressive stages for a model of `layers` levels: by default L equal stages (the top level

@@ -106,16 +106,19 @@ def keep_fused(optimizer: torch.optim.Optimizer) -> None:
 
 
 def make_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, guard: "guards.NonFiniteGuard",
-              grad_clip: float = 0.0, precision: str = "fp32", compile: bool = False):
+              grad_clip: float = 0.0, precision: str = "fp32", compile: bool = False, input_noise: float = 0.0):
     """The training step: step(x, w, eps) runs forward, backward, the non-finite guard and Adam and returns
     [loss, recon, KL_1 .. KL_L] (detached, on the device). w: the KL weight of each level, a [L] tensor (a
-    float would recompile a compiled step whenever it changes). Nothing in it reads the device from the host."""
+    float would recompile a compiled step whenever it changes). Nothing in it reads the device from the host.
+    input_noise > 0: denoising, the encoder sees x + input_noise * N(0, I) and the decoder is scored on x."""
     autocast = precision == "bf16"
 
     def step(x: torch.Tensor, w: torch.Tensor, eps: list[torch.Tensor] | None) -> torch.Tensor:
+        x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = net(x, eps)
-        recon, kl = out.recon.float().mean(), out.kl.float().mean(0)  # kl: [L]
+            out = net(x_in, eps)
+            nll = model.recon_nll(x, out.logits) if input_noise > 0 else out.recon
+        recon, kl = nll.float().mean(), out.kl.float().mean(0)  # kl: [L]
         loss = recon + (w * kl).sum()  # eq. 14 with the warm-up weight on each level's KL
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -203,7 +206,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     resume_hint = f"vlae train {cfg.dataset} --resume {out_dir}"
     log = open(out_dir / "metrics.jsonl" if procs.main else os.devnull, "a")  # rank 0 alone writes
     guard = guards.NonFiniteGuard(optimizer, device)
-    step_fn = make_step(net, model, optimizer, guard, cfg.grad_clip, cfg.precision, cfg.compile)
+    step_fn = make_step(net, model, optimizer, guard, cfg.grad_clip, cfg.precision, cfg.compile, cfg.input_noise)
     order = BatchOrder(len(train_set), cfg.batch_size, cfg.seed, device)
     L = model_cfg.layers
     w_t = torch.zeros(L, device=device)  # the KL weight per level, refilled each step (no host read, no recompile)

@@ -7,6 +7,7 @@ A model has L levels, bottom first (l = 1 is closest to x), level l with a d_l-w
     encode(x) -> (mus, logvars)         the per-level posterior means (and log-variances) of q(z | x)
     decode(z) -> logits                 f_0 of the codes z_1 .. z_L: [B, C, H, W] pre-sigmoid
     posterior_sample(x, eps) -> z       z ~ q(z | x) with the given reparameterization noise (default: forward's z)
+    recon_nll(x, logits) -> [B]         -log p(x | z) of images x under decode's logits
     log_weight(x, z=None) -> [B]        log p(x, z) - log q(z | x) at one fresh z ~ q(z | x) (the importance
                                         weight of the IW bound; its mean over z is the ELBO), or at given codes z
                                         (the Gibbs chain's importance resampling)
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from .likelihood import neg_log_likelihood
 
 
 @dataclass
@@ -68,6 +71,11 @@ class LatentModel(nn.Module):
 
     def log_weight(self, x: Tensor, z: list[Tensor] | None = None) -> Tensor:
         raise NotImplementedError
+
+    def recon_nll(self, x: Tensor, logits: Tensor) -> Tensor:
+        """-log p(x | z) per image, [B], from decode's logits (the training step scores a clean x with it when
+        the encoder saw a noisy one: --input-noise)."""
+        return neg_log_likelihood(x, logits, self.cfg.output, self.cfg.output_scale)
 
     def posterior_sample(self, x: Tensor, eps: list[Tensor] | None = None) -> list[Tensor]:
         """z ~ q(z | x), list of [B, d_l] bottom first, from the noise eps_l of forward's reparameterization

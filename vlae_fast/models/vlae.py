@@ -23,7 +23,6 @@ from vlae_fast.kernels import reparam_kl_multi
 from .base import LatentModel, Output, gaussian_log_density
 from .blocks import GaussianHead, LadderJoin, conv_bn, deconv_bn, fc_bn
 from .config import ModelConfig
-from .likelihood import neg_log_likelihood
 
 
 @dataclass
@@ -63,7 +62,7 @@ class FlatPriorLadder(LatentModel):
         mus, logvars = self.encode(x)
         z, kl = reparam_kl_multi(mus, logvars, eps)  # z_l = mu_l + sigma_l * eps_l, KL per level
         logits = self.decode(z)
-        recon = neg_log_likelihood(x, logits, self.cfg.output, self.cfg.output_scale)
+        recon = self.recon_nll(x, logits)
         return Output(logits, recon, kl, z)
 
     def log_weight(self, x: Tensor, z: list[Tensor] | None = None) -> Tensor:
@@ -73,7 +72,7 @@ class FlatPriorLadder(LatentModel):
             z = [mu + torch.exp(0.5 * lv) * torch.randn_like(mu) for mu, lv in zip(mus, logvars)]
         log_ratio = sum(gaussian_log_density(z_l, torch.zeros_like(z_l), torch.zeros_like(z_l))
                         - gaussian_log_density(z_l, mu, lv) for z_l, mu, lv in zip(z, mus, logvars))
-        return log_ratio - neg_log_likelihood(x, self.decode(z), self.cfg.output, self.cfg.output_scale)
+        return log_ratio - self.recon_nll(x, self.decode(z))
 
 
 class VLAE(FlatPriorLadder):
