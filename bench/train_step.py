@@ -62,7 +62,7 @@ from vlae_fast.kernels.ladder_linear import apply_activation  # noqa: E402
 from vlae_fast.models import blocks  # noqa: E402
 from vlae_fast.kernels._triton import HAVE_TRITON  # noqa: E402
 from vlae_fast.models import build_model, default_config  # noqa: E402
-from vlae_fast.train import make_optimizer, make_step  # noqa: E402
+from vlae_fast.train import cpu_has_bf16, make_optimizer, make_step  # noqa: E402
 
 CASES = {  # name -> (data set, model, batch, default timed steps)
     "mnist-b100": ("mnist", "vlae", 100, 30),
@@ -124,6 +124,8 @@ class Variant:
             return "skipped: triton is not installed"
         if self.name == "lib-bf16" and not cuda and not torch.backends.mkldnn.is_available():
             return "skipped: no oneDNN for bf16 on this CPU build"
+        if self.name == "lib-bf16" and not cuda and not cpu_has_bf16():
+            return "skipped: this CPU has no native bf16 (AVX-512 BF16 / AMX): emulated, ~30 s a step"
         return None
 
     def setup(self, x: torch.Tensor) -> None:

@@ -114,3 +114,16 @@ def test_cli_input_noise_reaches_the_step_and_settings(tmp_path, mnist_dir, monk
     assert r.exit_code == 0, r.output
     assert seen == [0.2]
     assert "input-noise = 0.2" in (tmp_path / "run" / "settings.toml").read_text()
+
+
+def test_bf16_on_a_cpu_without_bf16_is_refused_with_the_way_out(tmp_path, mnist_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vlae_fast.cli.app import app
+    monkeypatch.setattr("vlae_fast.train.cpu_has_bf16", lambda: False)  # an AVX2-only CPU: emulated, ~60x slower
+    r = CliRunner().invoke(app, ["train", "mnist", "--precision", "bf16", "--steps", "2", "--hidden", "32",
+                                 "--train-limit", "40", "--batch-size", "20", "--data-dir", str(mnist_dir),
+                                 "--out", str(tmp_path / "run"), "--device", "cpu", "--no-progress"])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "no bf16 instructions" in r.output and "--precision fp32" in r.output
+    assert not (tmp_path / "run").exists()

@@ -105,6 +105,15 @@ def keep_fused(optimizer: torch.optim.Optimizer) -> None:
                 state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX); elsewhere oneDNN emulates it, and the
+    MNIST step took ~30 s in bf16 against ~0.5 s in fp32 on an AVX2-only EPYC (bench/README.md)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def make_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, guard: "guards.NonFiniteGuard",
               grad_clip: float = 0.0, precision: str = "fp32", compile: bool = False, input_noise: float = 0.0):
     """The training step: step(x, w, eps) runs forward, backward, the non-finite guard and Adam and returns
@@ -162,6 +171,10 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     device = resolve_device(cfg.device)
     procs = Processes.start(device)  # this process alone, or one of torchrun's
     device = procs.device
+    if device.type == "cpu" and cfg.precision == "bf16" and not cpu_has_bf16():
+        raise ConfigError("--precision bf16: this CPU has no bf16 instructions (AVX-512 BF16 or AMX), so every bf16 "
+                          "matmul is emulated, ~60x slower than fp32 (bench/README.md); train with --precision fp32 "
+                          "(the default) here, or bf16 on a GPU or a CPU that has them")
     if device.type == "cpu":
         host_memory.keep_freed_memory()  # no page faults on the step's buffers after the first step
     procs.check_batch(cfg.batch_size)
