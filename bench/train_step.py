@@ -92,7 +92,14 @@ def cpu_info() -> dict:
 
 
 def device_slug(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu-" + cpu_info()["model"]
+    """e.g. nvidia-h200, cpu-amd-epyc-avx512: CPUs sold under one name differ in their widest vector unit
+    (this project has seen AVX2-only and AVX-512 EPYCs), and that sets the matmul ceiling."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        info = cpu_info()
+        isa = "avx512" if "avx512f" in info["flags"] else "avx2" if "avx2" in info["flags"] else ""
+        name = f"cpu-{info['model']}-{isa}"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
