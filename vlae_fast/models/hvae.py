@@ -25,7 +25,6 @@ from vlae_fast.kernels import reparam_kl
 from .base import LatentModel, Output, gaussian_log_density
 from .blocks import GaussianHead, conv_bn, deconv_bn, fc_bn
 from .config import ModelConfig
-from .likelihood import neg_log_likelihood
 
 
 @dataclass
@@ -117,7 +116,7 @@ class HVAE(LatentModel):
     def recon_nll(self, x: Tensor, logits: Tensor) -> Tensor:
         """-log p(x | z_1) per image: [B]."""
         if self.log_sigma is None:
-            return neg_log_likelihood(x, logits, self.cfg.output, self.cfg.output_scale)
+            return super().recon_nll(x, logits)
         nll = 0.5 * ((x - logits.sigmoid()) * torch.exp(-self.log_sigma)).square() + self.log_sigma
         return (nll + 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
 
