@@ -42,15 +42,23 @@ def sklearn_missing() -> str | None:
     return None
 
 
-def probe_accuracy(fit_x: np.ndarray, fit_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                   k: int = KNN_K, seed: int = 0) -> dict[str, float]:
-    """Test accuracy of the kNN and logistic-regression probes fitted on (fit_x, fit_y): {'knn', 'logreg'}."""
-    from sklearn.linear_model import LogisticRegression
+def knn_probe(fit_images: int, k: int = KNN_K):
+    """The unfitted kNN probe: standardised codes, k nearest neighbours (fewer when fit on fewer images)."""
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    knn = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=min(k, len(fit_x))))
+    return make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=min(k, fit_images)))
+
+
+def probe_accuracy(fit_x: np.ndarray, fit_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                   k: int = KNN_K, seed: int = 0) -> dict[str, float]:
+    """Test accuracy of the kNN and logistic-regression probes fitted on (fit_x, fit_y): {'knn', 'logreg'}."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    knn = knn_probe(len(fit_x), k)
     logreg = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
     return {name: float(clf.fit(fit_x, fit_y).score(test_x, test_y)) for name, clf in (("knn", knn), ("logreg", logreg))}
 
