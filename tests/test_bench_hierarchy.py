@@ -56,32 +56,50 @@ def test_within_class_variance_leaves_out_the_class_changes():
     assert within_class.within_class_variance(v[:1], pred3) == pytest.approx(0.75 * torch.tensor([1.0, 3, 10]).var(unbiased=False).item())
 
 
-def test_probe_spread_paired_se_and_disjoint_fit_sets():
-    """bench/probe_spread.py: the paired SE is sd(b - a) / sqrt(n); each fit set is its own slice of the
+def test_spread_paired_se_and_disjoint_fit_sets():
+    """bench/spread.py: the paired SE is sd(b - a) / sqrt(n); each fit set is its own slice of the
     training codes (a level whose code holds the label only in fit set 1 is right on the test set with that
     set alone), and a level that holds the label everywhere beats noise by its whole margin."""
     import numpy as np
-    import probe_spread
+    import spread
 
     a, b = np.array([1, 0, 1, 1, 0, 0]), np.array([1, 1, 1, 0, 1, 1])
-    assert probe_spread.paired_se(a, b) == pytest.approx(np.std(b - a, ddof=1) / np.sqrt(6))
+    assert spread.paired_se(a, b) == pytest.approx(np.std(b - a, ddof=1) / np.sqrt(6))
     rng = np.random.default_rng(0)
     y_fit, y = np.tile(np.arange(4), 50), np.tile(np.arange(4), 25)  # 2 fit sets of 100, 100 scored
     label = lambda labels: labels[:, None] * 10.0 + rng.normal(0, 0.1, (len(labels), 2))
     noise = lambda n: rng.normal(0, 1, (n, 2))
     only_second = np.concatenate([noise(100), label(y_fit[100:])])
-    s = probe_spread.spread([noise(200), only_second, label(y_fit)], y_fit, [noise(100), label(y), label(y)], y,
+    s = spread.spread([noise(200), only_second, label(y_fit)], y_fit, [noise(100), label(y), label(y)], y,
                             fits=2, size=100)
     assert s["acc"][2] == [1.0, 1.0] and s["acc"][1][1] == 1.0 and s["acc"][1][0] < 0.6 and max(s["acc"][0]) < 0.6
     assert len(s["se"]) == 2 and s["se"][1] > 0.02  # on fit set 1, where level 2 is mostly wrong (set 2: SE 0)
 
 
-def test_probe_spread_runs_on_a_checkpoint(tiny_ckpt, mnist_dir):
-    out = subprocess.run([sys.executable, "bench/probe_spread.py", str(tiny_ckpt), "--fits", "2", "--fit-images", "50",
-                          "--limit", "100", "--data-dir", str(mnist_dir)], cwd=REPO, capture_output=True, text=True,
-                         check=True).stdout
-    row = [line for line in out.splitlines() if line.startswith("| ckpt.safetensors |")]
-    assert len(row) == 1 and row[0].count(" ± ") == 3 and row[0].count("|") == 6
-    bad = subprocess.run([sys.executable, "bench/probe_spread.py", str(tiny_ckpt), "--fits", "100",
-                          "--data-dir", str(mnist_dir)], cwd=REPO, capture_output=True, text=True)
+def test_spread_runs_on_a_checkpoint(tiny_ckpt, mnist_dir, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+    from vlae_fast.classifier import FORMAT, DigitNet
+
+    clf = tmp_path / "clf.safetensors"  # an untrained classifier in the cache format: the plumbing, not a minute of training
+    save_file({k: v.contiguous() for k, v in DigitNet().state_dict().items()}, clf,
+              metadata={"format": FORMAT, "test_accuracy": "0.1", "epochs": "0"})
+    out = subprocess.run([sys.executable, "bench/spread.py", str(tiny_ckpt), "--fits", "2", "--fit-images", "50",
+                          "--grid-seeds", "2", "--limit", "100", "--data-dir", str(mnist_dir), "--classifier", str(clf)],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| ckpt.safetensors |")]
+    assert len(rows) == 5 and rows[0].count(" ± ") == 3 and rows[0].count("|") == 6
+    assert [r.split(" | ")[1] for r in rows[1:]] == ["ink", "width", "slant", "class"]
+    assert all(r.count(" ± ") == 4 for r in rows[1:])
+    bad = subprocess.run([sys.executable, "bench/spread.py", str(tiny_ckpt), "--fits", "100",
+                          "--data-dir", str(mnist_dir), "--classifier", str(clf)], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode != 0 and "lower --fits or --fit-images" in bad.stderr
+
+
+def test_spread_claim_margins():
+    import spread
+
+    assert spread.margin("ink", [0.5, 0.3, 0.2]) == pytest.approx(0.2)
+    assert spread.margin("slant", [0.01, 0.30, 0.69]) == pytest.approx(-0.39)  # the default's seed 0: fails by .39
+    assert spread.margin("width", [0.07, 0.54, 0.39]) == pytest.approx(0.15)
+    assert spread.margin("class", [0.1, 0.25, 0.65]) == pytest.approx(0.65)

@@ -1,13 +1,20 @@
-"""How precise is `vlae eval`'s 10-NN identity probe? Whether z_1 < z_2 < z_3 is a finding or a draw.
+"""How precise are `vlae eval`'s hierarchy numbers? Whether an ordering between levels is a finding or a draw.
+
+Identity (10-NN probe).
 
 `vlae eval` fits the probe (vlae_fast/eval/probes.py) on the posterior means of the first 5000 training images
 and scores it on the test images. Two things move that figure without the model changing: which 5000 images
 the probe was fitted on, and which images it was scored on. For every run this script prints, per level, the
 accuracy with the first fit set (eval's figure) and its mean ± sd over `--fits` disjoint fit sets of the same
 size; and for z_2 - z_1 and z_3 - z_2 the difference with the first fit set, its sd over the fit sets, and its
-paired standard error over the scored images (sd of the per-image difference of being right / sqrt(n)):
+paired standard error over the scored images (sd of the per-image difference of being right / sqrt(n)).
 
-    python bench/probe_spread.py RUN [RUN ...] [--fits 5] [--data-dir DIR]
+Factor shares (vlae_fast/eval/levels.py). `vlae eval` draws each level's 32 x 32 redraw grid with seed 0; the
+second table gives each factor's share per level as mean ± sd over `--grid-seeds` seeds (0, 1, ...), and the
+margin of the claim on it (ink: level 1 minus the larger other; width and slant: level 2 minus the larger
+other; class: the top's share) for seed 0 and as mean ± sd.
+
+    python bench/spread.py RUN [RUN ...] [--fits 5] [--grid-seeds 5] [--data-dir DIR] [--classifier FILE]
 """
 from __future__ import annotations
 
@@ -19,6 +26,8 @@ import numpy as np
 import torch
 
 from vlae_fast.checkpoint import load_model
+from vlae_fast.classifier import load_classifier
+from vlae_fast.eval.levels import factor_shares
 from vlae_fast.eval.probes import PROBE_IMAGES, knn_probe, posterior_means
 from vlae_fast.eval.run import load_for_checkpoint
 from vlae_fast.rundir import checkpoint_path
@@ -45,15 +54,29 @@ def spread(fit_codes: list[np.ndarray], fit_y: np.ndarray, codes: list[np.ndarra
             "se": [paired_se(right[l][0], right[l + 1][0]) for l in range(len(right) - 1)]}
 
 
+def margin(factor: str, share: list[float]) -> float:
+    """How far the claim on `factor` holds (> 0) or fails (< 0): the share of the level it names (ink: 1, width
+    and slant: 2) minus the largest other level's; for class, the top level's share (the claim asks >= 0.60)."""
+    if factor == "class":
+        return share[-1]
+    own = {"ink": 0, "width": 1, "slant": 1}[factor]
+    return share[own] - max(v for i, v in enumerate(share) if i != own)
+
+
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="run folders or checkpoints with labelled data (MNIST)")
     ap.add_argument("--fits", type=int, default=5, help="disjoint fit sets of --fit-images training images")
     ap.add_argument("--fit-images", type=int, default=PROBE_IMAGES, help="images per fit set (vlae eval's 5000)")
+    ap.add_argument("--grid-seeds", type=int, default=5, help="redraw-grid seeds for the factor shares (0 = eval's)")
     ap.add_argument("--limit", type=int, default=None, help="score on the first N test images only")
     ap.add_argument("--data-dir", default=None, help="the data set's folder")
+    ap.add_argument("--classifier", default=None, help="the digit classifier for the class shares (default: the "
+                    "cache vlae eval uses, trained on MNIST first if missing)")
     args = ap.parse_args(argv)
+    clf, _ = load_classifier(args.classifier, args.data_dir, show_progress=False)
+    factors = []
     print("| run | 10-NN identity z1 / z2 / z3 (eval's fit set) | mean ± sd over fit sets | z2 - z1: diff, sd over "
           "fits, paired SE | z3 - z2: diff, sd over fits, paired SE |")
     print("|---|---|---|---|---|")
@@ -75,7 +98,16 @@ def main(argv: list[str] | None = None) -> None:
         for l, se in enumerate(s["se"]):
             diff = acc[l + 1] - acc[l]
             cols.append(f"{diff[0]:+.3f}, {diff.std(ddof=1):.3f}, {se:.3f}")
-        print(f"| {Path(run).name} | " + " | ".join(cols) + " |")
+        print(f"| {Path(run).name} | " + " | ".join(cols) + " |", flush=True)
+        per_seed = [factor_shares(model, clf, seed=g) for g in range(args.grid_seeds)]
+        for f in ("ink", "width", "slant", "class"):
+            sh = np.array([p[f] for p in per_seed])
+            m = np.array([margin(f, p[f]) for p in per_seed])
+            factors.append(f"| {Path(run).name} | {f} | " + " / ".join(f"{a:.2f} ± {d:.2f}" for a, d in
+                           zip(sh.mean(0), sh.std(0, ddof=1))) + f" | {m[0]:+.2f} | {m.mean():+.2f} ± {m.std(ddof=1):.2f} |")
+    print("\n| run | factor | share per level, mean ± sd over grid seeds | claim margin, seed 0 | margin, mean ± sd |")
+    print("|---|---|---|---|---|")
+    print("\n".join(factors))
 
 
 if __name__ == "__main__":
