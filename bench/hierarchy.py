@@ -10,6 +10,8 @@ wall time from the run's metrics (the report's "run" key, added by this script's
 Targets (all must hold, for every seed): 10-NN identity rises bottom -> top with top >= 0.75 and bottom <= 0.35;
 ink mass varies most with level 1; width and slant most with level 2; >= 60 % of the class changes from level 3
 and <= 15 % from level 1; test ELBO within 5 nats of the old default's (16.39, docs/eval-mnist-vlae-default.json).
+The ELBO claim holds only for a run with the old default's Gaussian likelihood: a Laplace or Bernoulli ELBO is
+another density's and says nothing against 16.39, so such a run fails that claim ("ELBO within 5 nats" unproven).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import tomllib
 from pathlib import Path
 
 OLD_DEFAULT_ELBO = 16.39  # docs/eval-mnist-vlae-default.json: the 4000-step paper recipe, seed 0
+OLD_DEFAULT_OUTPUT = "gaussian"  # its likelihood: ELBOs of other likelihoods are not comparable with it
 
 
 def numbers(r: dict) -> dict:
@@ -28,7 +31,7 @@ def numbers(r: dict) -> dict:
     knn = [lv["knn_acc"] for lv in r["levels"]]
     f = r["factors"]
     return {"knn": knn, "ink": f["ink"], "width": f["width"], "slant": f["slant"], "class": f["class"],
-            "elbo": r["elbo"]}
+            "elbo": r["elbo"], "output": r.get("output", "gaussian")}
 
 
 def verdicts(n: dict) -> dict[str, bool]:
@@ -41,7 +44,7 @@ def verdicts(n: dict) -> dict[str, bool]:
         "ink: level 1": lead(n["ink"], 0),
         "width and slant: level 2": lead(n["width"], 1) and lead(n["slant"], 1),
         "class: >= 60 % top, <= 15 % bottom": n["class"][top] >= 0.60 and n["class"][0] <= 0.15,
-        "ELBO within 5 nats": n["elbo"] >= OLD_DEFAULT_ELBO - 5,
+        "ELBO within 5 nats": n.get("output", "gaussian") == OLD_DEFAULT_OUTPUT and n["elbo"] >= OLD_DEFAULT_ELBO - 5,
     }
 
 

@@ -22,7 +22,8 @@ def test_all_targets_hold_on_a_run_that_meets_them():
     ("knn", [0.2, 0.3, 0.74], "identity"), ("knn", [0.36, 0.4, 0.8], "identity"),
     ("knn", [0.2, 0.5, 0.45], "identity"), ("ink", [0.3, 0.5, 0.2], "ink"),
     ("width", [0.5, 0.2, 0.3], "width"), ("slant", [0.1, 0.3, 0.6], "width"),
-    ("class", [0.16, 0.2, 0.64], "class"), ("class", [0.1, 0.31, 0.59], "class"), ("elbo", 11.3, "ELBO")])
+    ("class", [0.16, 0.2, 0.64], "class"), ("class", [0.1, 0.31, 0.59], "class"), ("elbo", 11.3, "ELBO"),
+    ("output", "laplace", "ELBO")])  # a Laplace ELBO (371 nats on MNIST) is not comparable with the Gaussian bar
 def test_each_target_fails_alone(key, value, claim):
     v = hierarchy.verdicts({**GOOD, key: value})
     assert [k for k, ok in v.items() if not ok] == [k for k in v if k.startswith(claim)]
