@@ -24,6 +24,7 @@ from pathlib import Path
 
 OLD_DEFAULT_ELBO = 16.39  # docs/eval-mnist-vlae-default.json: the 4000-step paper recipe, seed 0
 OLD_DEFAULT_OUTPUT = "gaussian"  # its likelihood: ELBOs of other likelihoods are not comparable with it
+OWN_LEVEL = {"ink": 0, "width": 1, "slant": 1}  # the level each style claim names (0-based, bottom first)
 
 
 def numbers(r: dict) -> dict:
@@ -41,8 +42,8 @@ def verdicts(n: dict) -> dict[str, bool]:
     return {
         "identity rises, top >= .75, bottom <= .35": all(a < b for a, b in zip(knn, knn[1:])) and knn[-1] >= 0.75
         and knn[0] <= 0.35,
-        "ink: level 1": lead(n["ink"], 0),
-        "width and slant: level 2": lead(n["width"], 1) and lead(n["slant"], 1),
+        "ink: level 1": lead(n["ink"], OWN_LEVEL["ink"]),
+        "width and slant: level 2": lead(n["width"], OWN_LEVEL["width"]) and lead(n["slant"], OWN_LEVEL["slant"]),
         "class: >= 60 % top, <= 15 % bottom": n["class"][top] >= 0.60 and n["class"][0] <= 0.15,
         "ELBO within 5 nats": n.get("output", "gaussian") == OLD_DEFAULT_OUTPUT and n["elbo"] >= OLD_DEFAULT_ELBO - 5,
     }

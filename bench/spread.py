@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hierarchy import OWN_LEVEL  # bench/hierarchy.py: the claims' definitions
 from vlae_fast.checkpoint import load_model
 from vlae_fast.classifier import load_classifier
 from vlae_fast.eval.levels import factor_shares
@@ -55,11 +56,11 @@ def spread(fit_codes: list[np.ndarray], fit_y: np.ndarray, codes: list[np.ndarra
 
 
 def margin(factor: str, share: list[float]) -> float:
-    """How far the claim on `factor` holds (> 0) or fails (< 0): the share of the level it names (ink: 1, width
-    and slant: 2) minus the largest other level's; for class, the top level's share (the claim asks >= 0.60)."""
+    """How far the claim on `factor` holds (> 0) or fails (< 0): the share of the level it names
+    (hierarchy.OWN_LEVEL) minus the largest other level's; for class, the top level's share (the claim asks >= 0.60)."""
     if factor == "class":
         return share[-1]
-    own = {"ink": 0, "width": 1, "slant": 1}[factor]
+    own = OWN_LEVEL[factor]
     return share[own] - max(v for i, v in enumerate(share) if i != own)
 
 
