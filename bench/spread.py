@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         for f in ("ink", "width", "slant", "class"):
             sh = np.array([p[f] for p in per_seed])
             m = np.array([margin(f, p[f]) for p in per_seed])
-            factors.append(f"| {Path(run).name} | {f} | " + " / ".join(f"{a:.2f} ± {d:.2f}" for a, d in
-                           zip(sh.mean(0), sh.std(0, ddof=1))) + f" | {m[0]:+.2f} | {m.mean():+.2f} ± {m.std(ddof=1):.2f} |")
+            per_level = " / ".join(f"{a:.2f} ± {d:.2f}" for a, d in zip(sh.mean(0), sh.std(0, ddof=1)))
+            factors.append(f"| {Path(run).name} | {f} | {per_level} | {m[0]:+.2f} | {m.mean():+.2f} ± {m.std(ddof=1):.2f} |")
     print("\n| run | factor | share per level, mean ± sd over grid seeds | claim margin, seed 0 | margin, mean ± sd |")
     print("|---|---|---|---|---|")
     print("\n".join(factors))

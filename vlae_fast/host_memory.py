@@ -4,8 +4,8 @@ A CPU training step allocates and frees the same large buffers every step (activ
 for the MNIST VLAE). glibc's malloc serves blocks above its mmap threshold (128 KiB to 32 MiB) with fresh
 mmap()s and returns them with munmap(), so every step the kernel hands out new pages again and zero-fills
 each one on first touch: ~4 600 to ~13 000 page faults per MNIST step on the CPUs of this project, varying
-from run to run as glibc's threshold adapts (bench/README.md). With mmap switched off and the heap never trimmed, the second step finds its
-buffers already mapped. The numbers do not change; only where the bytes come from.
+from run to run as glibc's threshold adapts (bench/README.md). With mmap switched off and the heap never
+trimmed, the second step finds its buffers already mapped. The numbers do not change; only where the bytes come from.
 
 It suits the training loop's pattern (the same buffers freed and taken again each step: over 60 MNIST steps
 the RSS stayed at 961 MiB with no page faults), not every pattern: one large tensor freed while smaller
