@@ -22,7 +22,7 @@ from . import explore as explore_cli
 from .evaluate import compare as compare_cmd, eval_run as eval_cmd
 
 from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Anneal, Dataset, Feed, Group, Init, Join, Kernels,
-                     Likelihood, Model, Precision, Recipe, Schedule, Split, code_widths, err, fail, flag, given, kl_factors, parse_factors, load, out, parse_dims, positive,
+                     Likelihood, Model, Precision, Recipe, Schedule, Split, code_widths, err, fail, flag, given, kl_factors, parse_factors, free_bits_option, parse_nats, load, out, parse_dims, positive,
                      print_json, user_errors, value)
 
 app = typer.Typer(
@@ -127,6 +127,11 @@ def train(
     first_kl: Optional[float] = typer.Option(None, min=0, help="progressive: a factor on the top level's KL weight "
                                              "during the first stage, while it trains alone (default 1); > 1 keeps its "
                                              "code to the largest factors, leaving style for the levels below."),
+    level_warmup: Optional[float] = typer.Option(None, min=0, help="progressive: each level below the top warms its "
+                                                 "KL weight up anew from its own start, over this many steps (the "
+                                                 "time constant under --kl-anneal exp), so a level switched on late "
+                                                 "starts nearly free. Default 0: every level follows the run's "
+                                                 "--warmup."),
     input_noise: Optional[float] = typer.Option(None, min=0, help="Denoising: the standard deviation of Gaussian "
                                                 "noise added to the encoder's input while training (the authors' "
                                                 "configs use it; pixels are in [0, 1]); the reconstruction is "
@@ -135,6 +140,11 @@ def train(
                                            "weight, bottom first (e.g. 2,1,1: the bottom level's information costs "
                                            "twice). Default 1 for every level; the reported ELBO always uses 1. "
                                            "May change on --resume (1,1,1 finishes a run on the plain ELBO)."),
+    free_bits: Optional[str] = typer.Option(None, callback=free_bits_option, help="Free bits (Kingma et al. "
+                                            "2016): nats of KL each level may hold at no cost, bottom first (e.g. "
+                                            "5,5,0: the two lower levels' first 5 nats are free); the loss takes "
+                                            "max(KL_l, this) per level, batch-averaged. Default 0 (off); the "
+                                            "reported ELBO always uses the true KL."),
     seed: int = typer.Option(0, min=0, help="Random seed (weights, noise, data order)."),
     device: str = DEVICE,
     kernels: Optional[Kernels] = KERNELS,
@@ -174,7 +184,7 @@ def train(
         raise typer.Exit(code=distributed.launch(nproc, sys.argv[1:] + one_dir))  # same run folder for all ranks
     options = {**ctx.params, "dataset": value(dataset), "model": value(model), "likelihood": value(likelihood),
                "join": value(join), "kernels": value(kernels), "precision": value(precision),
-               "kl_scale": parse_factors(kl_scale), "recipe": value(recipe), "kl_anneal": value(kl_anneal), "schedule": value(schedule),
+               "kl_scale": parse_factors(kl_scale), "free_bits": parse_nats(free_bits), "recipe": value(recipe), "kl_anneal": value(kl_anneal), "schedule": value(schedule),
                "latent_dims": parse_dims(latent_dim)}
     with user_errors():
         plan = rundir.plan_run(value(dataset), options, given(ctx), resume=resume, out=out_dir,

@@ -111,6 +111,19 @@ def kl_factors(text: str | None) -> str | None:
     return text
 
 
+def parse_nats(text: str | None) -> list[float] | None:
+    """--free-bits '5,5,0' -> [5.0, 5.0, 0.0]: nats >= 0 per level."""
+    return per_level(text, float, 0, "numbers like 5,5,0 (nats per level, bottom first)",
+                     "free bits must be numbers of nats >= 0")
+
+
+def free_bits_option(text: str | None) -> str | None:
+    """--free-bits: checked here, parsed by parse_nats."""
+    if text is not None:
+        parse_nats(text)
+    return text
+
+
 # --- options several commands take --------------------------------------------------------------------
 def flag(default: bool, *names: str, help: str) -> bool:
     """A boolean flag shown as a flag in --help (no '<bool>' type column)."""

@@ -201,3 +201,63 @@ def test_kl_scale_may_change_on_resume(tmp_path, mnist_dir):
         assert r["loss"] == pytest.approx(r["recon"] + sum(b * k for b, k in zip(factors, r["kl"])), rel=1e-5)
     with pytest.raises(ConfigError, match="--seed"):  # the model and data options stay fixed
         plan_run("mnist", {"steps": 6, "seed": 1}, given={"steps", "seed"}, resume=tmp_path)
+
+
+def test_level_warmup_restarts_each_lower_levels_weight_at_its_start(tmp_path, mnist_dir):
+    """--level-warmup T': a level below the top takes pre_kl before its start and 1 - exp(-(t - start + 1) / T')
+    from it; the top level keeps the run's warm-up; 0 (the default) is the run's weight for every level."""
+    cfg, base = progressive(stage_steps=10, fade_steps=4, warmup=5, level_warmup=2), progressive(stage_steps=10, fade_steps=4, warmup=5)
+    for t in range(30):
+        got, want = schedule.weights(t, cfg, 3)[1], schedule.weights(t, base, 3)[1]
+        assert got[2] == want[2], t
+        for level, start in ((1, 20), (2, 10)):
+            expect = 0.25 if t < start else 1 - torch.exp(torch.tensor(-(t - start + 1) / 2.0)).item()
+            assert got[level - 1] == pytest.approx(expect), (t, level)
+    assert schedule.weights(10, cfg, 3)[1][1] < 0.4 < schedule.weights(10, base, 3)[1][1]  # nearly free at its start
+    base_opts = dict(train_limit=100, eval_limit=40, data_dir=str(mnist_dir), device="cpu", batch_size=20)
+    with pytest.raises(ConfigError, match="bottom level trains 10 steps"):  # exp: 3 x 4 > 30 - 20
+        train(default_config("mnist"), TrainConfig(steps=30, schedule="progressive", kl_anneal="exp", warmup=5,
+                                                   stage_steps=10, fade_steps=4, level_warmup=4, **base_opts),
+              tmp_path / "a", show_progress=False)
+    with pytest.raises(ConfigError):
+        TrainConfig(level_warmup=-1)
+
+
+def test_free_bits_make_a_levels_first_nats_free(tmp_path, mnist_dir):
+    """--free-bits lambda: the loss takes max(KL_l, lambda_l). A level under its budget gets no KL gradient at all
+    (the step equals one whose KL weight is 0); the logged loss is recon + sum_l w_l max(KL_l, lambda_l); the
+    option reaches settings.toml and a wrong count is refused."""
+    def one_step(free_bits, w):
+        torch.manual_seed(0)
+        model = build_model(make_config({"model": "vlae", "latent_dims": [2, 2, 2], "channels": [4, 8], "hidden": 16}))
+        opt = make_optimizer(model, 1e-2)
+        step = make_step(model, model, opt, NonFiniteGuard(opt, torch.device("cpu")), free_bits=free_bits)
+        torch.manual_seed(1)
+        x, eps = torch.rand(16, 1, 28, 28), [torch.randn(16, 2) for _ in range(3)]
+        stats = step(x, torch.tensor(w), eps)
+        return stats, dict(model.named_parameters())
+
+    stats, free = one_step((1e3, 0.0, 0.0), [1.0, 1.0, 1.0])  # level 1 far under its budget
+    _, no_kl = one_step(None, [0.0, 1.0, 1.0])
+    _, plain = one_step(None, [1.0, 1.0, 1.0])
+    assert all(torch.equal(free[k], no_kl[k]) for k in free)
+    assert not torch.equal(free["q.0.mu.weight"], plain["q.0.mu.weight"])
+    assert stats[0].item() == pytest.approx(stats[1].item() + 1e3 + stats[3].item() + stats[4].item(), rel=1e-6)
+
+    from typer.testing import CliRunner
+    from vlae_fast.cli.app import app
+
+    args = ["train", "mnist", "--steps", "4", "--stage-steps", "1", "--fade-steps", "1", "--warmup", "1", "--hidden", "32",
+            "--train-limit", "40", "--batch-size", "20", "--eval-limit", "20", "--data-dir", str(mnist_dir), "--device",
+            "cpu", "--no-progress", "--log-every", "1"]
+    r = CliRunner().invoke(app, args + ["--free-bits", "3,2,0", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert 'free-bits = "3,2,0"' in (tmp_path / "run" / "settings.toml").read_text()
+    for line in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()):
+        if "loss" in line:
+            want = line["recon"] + sum(w * max(k, b) for w, k, b in zip(line["kl_weights"], line["kl"], (3, 2, 0)))
+            assert line["loss"] == pytest.approx(want, rel=1e-5)
+    r = CliRunner().invoke(app, args + ["--free-bits", "3,2", "--out", str(tmp_path / "two")])
+    assert r.exit_code == 2 and "--free-bits gives 2 numbers for 3 levels" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, args + ["--free-bits", "3,-1,0", "--out", str(tmp_path / "neg")])
+    assert r.exit_code == 2 and "free bits must be numbers of nats >= 0" in r.output

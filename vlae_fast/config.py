@@ -39,6 +39,8 @@ class TrainConfig:
     first_kl: float = 1.0  # progressive: a factor on the top level's KL weight during the first stage (it trains alone)
     input_noise: float = 0.0  # denoising: std of the Gaussian noise on the encoder's input (the target stays clean)
     kl_scale: tuple[float, ...] | None = None  # a fixed factor on each level's KL weight, bottom first (beta_l); None = 1
+    free_bits: tuple[float, ...] | None = None  # nats per level its KL may hold at no cost, bottom first (schedule.py); None = 0
+    level_warmup: float = 0.0  # progressive: > 0, each lower level's KL weight warms up anew from its start (schedule.py)
 
     def __post_init__(self):
         if self.warmup is None:  # fixed now, so a resumed run with more --steps keeps the same schedule
@@ -49,6 +51,8 @@ class TrainConfig:
         if (self.stage_steps or 0) < 0 or (self.fade_steps or 0) < 0 or self.pre_kl < 0 or self.first_kl < 0:
             raise ConfigError(f"--stage-steps, --fade-steps, --pre-kl and --first-kl must be >= 0; got "
                               f"{self.stage_steps}, {self.fade_steps}, {self.pre_kl:g}, {self.first_kl:g}")
+        if self.level_warmup < 0:
+            raise ConfigError(f"--level-warmup is a number of steps and must be >= 0; got {self.level_warmup:g}")
         if self.input_noise < 0:
             raise ConfigError(f"--input-noise is a standard deviation and must be >= 0; got {self.input_noise:g}")
 
@@ -64,5 +68,9 @@ class TrainConfig:
             self.kl_scale = tuple(float(b) for b in self.kl_scale)
             if min(self.kl_scale, default=-1) < 0:
                 raise ConfigError(f"--kl-scale needs one factor >= 0 per level; got {self.kl_scale}")
+        if self.free_bits is not None:
+            self.free_bits = tuple(float(b) for b in self.free_bits)
+            if min(self.free_bits, default=-1) < 0:
+                raise ConfigError(f"--free-bits needs one number of nats >= 0 per level; got {self.free_bits}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")

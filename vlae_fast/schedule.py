@@ -14,6 +14,13 @@ kl_scale (beta_l, bottom first) multiplies level l's weight throughout: beta_l >
 information dearer (the reported ELBO is always eq. 14's, with every weight 1). first_kl multiplies the top
 level's weight during the first stage only, while it trains alone: > 1 leaves its code room for the few largest
 factors, so the style the top would otherwise take first (slant, docs/hierarchy.md) is left for level L - 1.
+level_warmup T' > 0: each level below the top warms up anew from its own start, with T' in place of warmup
+(w'(t - start_l), same anneal), instead of taking the run's w(t): a level switched on late starts nearly free
+and can take factors the levels above already hold.
+
+Free bits (Kingma et al. 2016, "Improved variational inference with inverse autoregressive flow"): level l's
+KL term in the loss is max(KL_l, lambda_l), KL_l averaged over the batch, so the first lambda_l nats of the
+level's code cost nothing (train.make_step). The reported ELBO always uses KL_l itself.
 """
 from __future__ import annotations
 
@@ -57,8 +64,9 @@ def weights(step: int, cfg, layers: int) -> tuple[list[float], list[float]]:
     if cfg.schedule != "progressive":
         return [1.0] * layers, [w * b for b in beta]
     alphas = [fade(step, l, layers, cfg.stage_steps, cfg.fade_steps) for l in range(1, layers + 1)]
-    started = [step >= level_start(l, layers, cfg.stage_steps) for l in range(1, layers + 1)]
-    kl = [(w if on else cfg.pre_kl) * b for on, b in zip(started, beta)]
+    starts = [level_start(l, layers, cfg.stage_steps) for l in range(1, layers + 1)]
+    on_w = [kl_weight(step - s, cfg.level_warmup, cfg.kl_anneal) if cfg.level_warmup and s > 0 else w for s in starts]
+    kl = [(w_l if step >= s else cfg.pre_kl) * b for w_l, s, b in zip(on_w, starts, beta)]
     if layers > 1 and step < level_start(layers - 1, layers, cfg.stage_steps):  # the first stage: the top alone
         kl[-1] *= cfg.first_kl
     return alphas, kl

@@ -115,12 +115,18 @@ def cpu_has_bf16() -> bool:
 
 
 def make_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, guard: "guards.NonFiniteGuard",
-              grad_clip: float = 0.0, precision: str = "fp32", compile: bool = False, input_noise: float = 0.0):
+              grad_clip: float = 0.0, precision: str = "fp32", compile: bool = False, input_noise: float = 0.0,
+              free_bits: tuple[float, ...] | None = None):
     """The training step: step(x, w, eps) runs forward, backward, the non-finite guard and Adam and returns
     [loss, recon, KL_1 .. KL_L] (detached, on the device). w: the KL weight of each level, a [L] tensor (a
     float would recompile a compiled step whenever it changes). Nothing in it reads the device from the host.
-    input_noise > 0: denoising, the encoder sees x + input_noise * N(0, I) and the decoder is scored on x."""
+    input_noise > 0: denoising, the encoder sees x + input_noise * N(0, I) and the decoder is scored on x.
+    free_bits: nats per level whose KL costs nothing, max(KL_l, lambda_l) in the loss (schedule.py); the
+    returned KL_l are the levels' own."""
     autocast = precision == "bf16"
+    lam = None
+    if free_bits is not None and any(free_bits):
+        lam = torch.tensor(free_bits, dtype=torch.float32, device=next(model.parameters()).device)
 
     def step(x: torch.Tensor, w: torch.Tensor, eps: list[torch.Tensor] | None) -> torch.Tensor:
         x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
@@ -128,7 +134,7 @@ def make_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer
             out = net(x_in, eps)
             nll = model.recon_nll(x, out.logits) if input_noise > 0 else out.recon
         recon, kl = nll.float().mean(), out.kl.float().mean(0)  # kl: [L]
-        loss = recon + (w * kl).sum()  # eq. 14 with the warm-up weight on each level's KL
+        loss = recon + (w * (kl if lam is None else torch.maximum(kl, lam))).sum()  # eq. 14, a weight on each KL
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         guard.check(model, loss, grad_clip)  # sets optimizer.found_inf: a non-finite step is skipped on the device
@@ -158,6 +164,9 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         raise ConfigError(f"--kl-anneal exp: --warmup {cfg.warmup:g} is the weight's time constant and must be at most "
                           f"--steps / 3 ({cfg.steps / 3:g}), so the run ends near the true objective (KL weight >= 0.95); "
                           "lower --warmup or raise --steps")
+    if cfg.free_bits is not None and len(cfg.free_bits) != model_cfg.layers:
+        raise ConfigError(f"--free-bits gives {len(cfg.free_bits)} numbers for {model_cfg.layers} levels; give one "
+                          f"per level, bottom first (e.g. {','.join(['3'] * model_cfg.layers)})")
     if cfg.kl_scale is not None and len(cfg.kl_scale) != model_cfg.layers:
         raise ConfigError(f"--kl-scale gives {len(cfg.kl_scale)} factors for {model_cfg.layers} levels; give one per "
                           "level, bottom first")
@@ -168,6 +177,11 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
             raise ConfigError(f"--schedule progressive switches the bottom level fully on only after {need} steps "
                               f"({model_cfg.layers - 1} x --stage-steps {cfg.stage_steps} + --fade-steps "
                               f"{cfg.fade_steps}); raise --steps to at least {need} or shorten the stages")
+        last = cfg.steps - schedule.level_start(1, model_cfg.layers, cfg.stage_steps)  # the bottom level's steps
+        if cfg.level_warmup and (3 if cfg.kl_anneal == "exp" else 1) * cfg.level_warmup > last:
+            raise ConfigError(f"--level-warmup {cfg.level_warmup:g}: the bottom level trains {last} steps, too few to "
+                              f"end near its true KL weight (at least {'3 x ' if cfg.kl_anneal == 'exp' else ''}the "
+                              "level warm-up); lower --level-warmup or --stage-steps, or raise --steps")
     device = resolve_device(cfg.device)
     procs = Processes.start(device)  # this process alone, or one of torchrun's
     device = procs.device
@@ -219,7 +233,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     resume_hint = f"vlae train {cfg.dataset} --resume {out_dir}"
     log = open(out_dir / "metrics.jsonl" if procs.main else os.devnull, "a")  # rank 0 alone writes
     guard = guards.NonFiniteGuard(optimizer, device)
-    step_fn = make_step(net, model, optimizer, guard, cfg.grad_clip, cfg.precision, cfg.compile, cfg.input_noise)
+    step_fn = make_step(net, model, optimizer, guard, cfg.grad_clip, cfg.precision, cfg.compile, cfg.input_noise,
+                        cfg.free_bits)
     order = BatchOrder(len(train_set), cfg.batch_size, cfg.seed, device)
     L = model_cfg.layers
     w_t = torch.zeros(L, device=device)  # the KL weight per level, refilled each step (no host read, no recompile)
