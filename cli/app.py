@@ -144,7 +144,8 @@ def train(
                                             "2016): nats of KL each level may hold at no cost, bottom first (e.g. "
                                             "5,5,0: the two lower levels' first 5 nats are free); the loss takes "
                                             "max(KL_l, this) per level, batch-averaged. Default 0 (off); the "
-                                            "reported ELBO always uses the true KL."),
+                                            "reported ELBO always uses the true KL. Below its budget a level's KL "
+                                            "has no gradient, so free nats may go unused (docs/hierarchy.md)."),
     seed: int = typer.Option(0, min=0, help="Random seed (weights, noise, data order)."),
     device: str = DEVICE,
     kernels: Optional[Kernels] = KERNELS,
