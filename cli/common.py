@@ -104,24 +104,23 @@ def parse_factors(text: str | None) -> list[float] | None:
                      "KL factors must be numbers >= 0")
 
 
-def kl_factors(text: str | None) -> str | None:
-    """--kl-scale: checked here, parsed by parse_factors."""
-    if text is not None:
-        parse_factors(text)
-    return text
-
-
 def parse_nats(text: str | None) -> list[float] | None:
     """--free-bits '5,5,0' -> [5.0, 5.0, 0.0]: nats >= 0 per level."""
     return per_level(text, float, 0, "numbers like 5,5,0 (nats per level, bottom first)",
                      "free bits must be numbers of nats >= 0")
 
 
-def free_bits_option(text: str | None) -> str | None:
-    """--free-bits: checked here, parsed by parse_nats."""
-    if text is not None:
-        parse_nats(text)
-    return text
+def checked_by(parse):
+    """A typer callback that checks an option's text with `parse` (raising its BadParameter) and keeps the text."""
+    def check(text: str | None) -> str | None:
+        if text is not None:
+            parse(text)
+        return text
+    return check
+
+
+kl_factors = checked_by(parse_factors)  # --kl-scale
+free_bits_option = checked_by(parse_nats)  # --free-bits
 
 
 # --- options several commands take --------------------------------------------------------------------

@@ -64,13 +64,17 @@ class TrainConfig:
             self.stage_steps = self.steps // layers
         if self.fade_steps is None:
             self.fade_steps = self.stage_steps // 4
-        if self.kl_scale is not None:
-            self.kl_scale = tuple(float(b) for b in self.kl_scale)
-            if min(self.kl_scale, default=-1) < 0:
-                raise ConfigError(f"--kl-scale needs one factor >= 0 per level; got {self.kl_scale}")
-        if self.free_bits is not None:
-            self.free_bits = tuple(float(b) for b in self.free_bits)
-            if min(self.free_bits, default=-1) < 0:
-                raise ConfigError(f"--free-bits needs one number of nats >= 0 per level; got {self.free_bits}")
+        self.kl_scale = levels_at_least_0(self.kl_scale, "--kl-scale", "factor")
+        self.free_bits = levels_at_least_0(self.free_bits, "--free-bits", "number of nats")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+
+
+def levels_at_least_0(values, option: str, what: str) -> tuple[float, ...] | None:
+    """One number >= 0 per level as a tuple of floats (a resumed run's JSON gives a list); None stays None."""
+    if values is None:
+        return None
+    values = tuple(float(b) for b in values)
+    if min(values, default=-1) < 0:
+        raise ConfigError(f"{option} needs one {what} >= 0 per level; got {values}")
+    return values
