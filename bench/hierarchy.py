@@ -59,7 +59,7 @@ def attach(run_dir: Path, report: Path) -> None:
 
 
 def recipe_name(s: dict) -> str:
-    keys = ("recipe", "hidden", "steps", "join", "schedule", "kl-anneal", "warmup", "stage-steps", "fade-steps",
+    keys = ("recipe", "hidden", "steps", "join", "gate-init", "schedule", "kl-anneal", "warmup", "stage-steps", "fade-steps",
             "pre-kl", "first-kl", "level-warmup", "input-noise", "kl-scale", "free-bits", "lr", "likelihood")
     return " ".join(f"{k}={s[k]}" for k in keys if k in s)
 

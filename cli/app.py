@@ -107,6 +107,9 @@ def train(
                                         "gated_add (authors' MNIST code)."),
     hidden: Optional[int] = typer.Option(None, min=8, help="Width of the fully-connected blocks (1024: the authors' "
                                          "and the paper recipe's; 512: the hierarchy recipe's, docs/hierarchy.md)."),
+    gate_init: Optional[float] = typer.Option(None, min=0, help="--join gated_add: the starting value of the gate g in "
+                                              "W(a + g b) (default 0.1, the authors': the path from above dominates "
+                                              "early; 1 = a plain sum). > 0; a resumed run keeps its learned gates."),
     recipe: Optional[Recipe] = typer.Option(None, help="Defaults for the options not given: paper (every level "
                                             "from step 0, linear warm-up, concat join, 2-d codes), hierarchy (ladder "
                                             "models: progressive training, docs/hierarchy.md) or figure3 (hvae, lvae, "

@@ -261,3 +261,27 @@ def test_free_bits_make_a_levels_first_nats_free(tmp_path, mnist_dir):
     assert r.exit_code == 2 and "--free-bits gives 2 numbers for 3 levels" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, args + ["--free-bits", "3,-1,0", "--out", str(tmp_path / "neg")])
     assert r.exit_code == 2 and "free bits must be numbers of nats >= 0" in r.output
+
+
+def test_gate_init_starts_the_gated_join_at_the_given_value(tmp_path, mnist_dir):
+    """--gate-init G: every gated-add join's gate starts at G (not the block's 0.1); the option reaches settings.toml;
+    a model without a gated join and a gate of 0 are refused before a run folder is made."""
+    from safetensors import safe_open
+    from typer.testing import CliRunner
+    from vlae_fast.cli.app import app
+
+    args = ["train", "mnist", "--steps", "1", "--hidden", "32", "--join", "gated_add", "--lr", "1e-6",
+            "--train-limit", "40", "--batch-size", "20", "--eval-limit", "20", "--data-dir", str(mnist_dir), "--device",
+            "cpu", "--no-progress"]
+    for name, extra, want in (("default", [], 0.1), ("set", ["--gate-init", "0.7"], 0.7)):
+        r = CliRunner().invoke(app, args + extra + ["--out", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+        with safe_open(str(tmp_path / name / "ckpt.safetensors"), "pt") as f:
+            gates = [f.get_tensor(k) for k in f.keys() if k.endswith(".gate")]
+        assert len(gates) == 2 and all(torch.allclose(g, torch.full_like(g, want), atol=1e-4) for g in gates)
+    assert "gate-init = 0.7" in (tmp_path / "set" / "settings.toml").read_text()
+    r = CliRunner().invoke(app, args + ["--join", "concat", "--gate-init", "0.5", "--out", str(tmp_path / "concat")])
+    assert r.exit_code == 2 and "joins by concat, so drop --gate-init" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "concat").exists()
+    r = CliRunner().invoke(app, args + ["--gate-init", "0", "--out", str(tmp_path / "zero")])
+    assert r.exit_code == 2 and "--gate-init must be a number > 0" in r.output

@@ -41,6 +41,7 @@ class TrainConfig:
     kl_scale: tuple[float, ...] | None = None  # a fixed factor on each level's KL weight, bottom first (beta_l); None = 1
     free_bits: tuple[float, ...] | None = None  # nats per level its KL may hold at no cost, bottom first (schedule.py); None = 0
     level_warmup: float = 0.0  # progressive: > 0, each lower level's KL weight warms up anew from its start (schedule.py)
+    gate_init: float | None = None  # gated_add join: the gate g's starting value in W(a + g b); None = the block's 0.1
 
     def __post_init__(self):
         if self.warmup is None:  # fixed now, so a resumed run with more --steps keeps the same schedule
@@ -55,6 +56,9 @@ class TrainConfig:
             raise ConfigError(f"--level-warmup is a number of steps and must be >= 0; got {self.level_warmup:g}")
         if self.input_noise < 0:
             raise ConfigError(f"--input-noise is a standard deviation and must be >= 0; got {self.input_noise:g}")
+        if self.gate_init is not None and not 0 < self.gate_init < float("inf"):
+            raise ConfigError(f"--gate-init must be a number > 0 (at 0 the lower levels start cut off from the image); "
+                              f"got {self.gate_init:g}")
 
     def resolve_stages(self, layers: int) -> None:
         """Fix the progressive stages for a model of `layers` levels: by default L equal stages (the top level

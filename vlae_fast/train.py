@@ -28,6 +28,7 @@ from .eval import evaluate
 from .eval.run import compact as eval_compact  # stored at the end, so `vlae eval` of a finished run is instant
 from .kernels import set_backend
 from .models import build_model
+from .models.blocks import set_gates
 from .progress import progress_bar, status
 from .schedule import kl_weight
 from .tblog import TensorBoardLog, require_tensorboard
@@ -213,6 +214,10 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     if cfg.schedule == "progressive" and not hasattr(model, "fade"):
         raise ConfigError(f"--schedule progressive fades ladder levels in; the {model_cfg.model} model has no "
                           "ladder, so use --schedule plain")
+    if cfg.gate_init is not None and not set_gates(model, cfg.gate_init):  # a resumed run's saved gates win
+        raise ConfigError(f"--gate-init {cfg.gate_init:g} sets the gate of the gated-add join; this {model_cfg.model} "
+                          f"model joins by {getattr(model_cfg, 'join', 'no ladder join')}, so drop --gate-init or add "
+                          "--join gated_add")
     if procs.main:  # rank 0 alone touches the run folder, once nothing before training can fail
         rundir.start_run_dir(out_dir, overwrite, start.path if start else None)
         rundir.write_settings(out_dir, model_cfg, cfg)

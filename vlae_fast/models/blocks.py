@@ -6,6 +6,8 @@ from torch import Tensor, nn
 
 from vlae_fast.kernels import LEAKY_SLOPE, ladder_linear
 
+GATE_INIT = 0.1  # the gated-add join's starting gate (the authors' MNIST code): the path from above dominates early
+
 
 def act(name: str) -> nn.Module:
     return nn.LeakyReLU(LEAKY_SLOPE) if name == "leaky_relu" else nn.ReLU()
@@ -49,7 +51,7 @@ class LadderJoin(nn.Module):
 
     join='concat' (the paper): act(W [a; b] + bias) through the fused ladder_linear op, never
     building the concatenation. join='gated_add' (the authors' MNIST code): act(W (a + g * b) + bias)
-    with a learned per-unit gate g initialised to 0.1.
+    with a learned per-unit gate g initialised to GATE_INIT (set_gates changes it before training).
     """
 
     def __init__(self, d_a: int, d_b: int, d_out: int, join: str = "concat", activation: str = "relu"):
@@ -60,10 +62,20 @@ class LadderJoin(nn.Module):
             raise ValueError(f"gated_add needs equal widths; got {d_a} and {d_b}")
         self.join, self.activation = join, activation
         self.linear = nn.Linear(d_a + d_b if join == "concat" else d_a, d_out)
-        self.gate = nn.Parameter(torch.full((d_b,), 0.1)) if join == "gated_add" else None
+        self.gate = nn.Parameter(torch.full((d_b,), GATE_INIT)) if join == "gated_add" else None
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         if self.join == "concat":
             return ladder_linear(a, b, self.linear.weight, self.linear.bias, self.activation)
         y = self.linear(a + self.gate * b)
         return torch.relu(y) if self.activation == "relu" else nn.functional.leaky_relu(y, LEAKY_SLOPE)
+
+
+def set_gates(model: nn.Module, value: float) -> int:
+    """Start every gated-add join's gate g at `value` (a fresh model, before training); returns how many
+    joins have a gate (0: the model has none, e.g. --join concat)."""
+    joins = [m for m in model.modules() if isinstance(m, LadderJoin) and m.gate is not None]
+    with torch.no_grad():
+        for m in joins:
+            m.gate.fill_(value)
+    return len(joins)
