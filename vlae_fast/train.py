@@ -165,12 +165,11 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         raise ConfigError(f"--kl-anneal exp: --warmup {cfg.warmup:g} is the weight's time constant and must be at most "
                           f"--steps / 3 ({cfg.steps / 3:g}), so the run ends near the true objective (KL weight >= 0.95); "
                           "lower --warmup or raise --steps")
-    if cfg.free_bits is not None and len(cfg.free_bits) != model_cfg.layers:
-        raise ConfigError(f"--free-bits gives {len(cfg.free_bits)} numbers for {model_cfg.layers} levels; give one "
-                          f"per level, bottom first (e.g. {','.join(['3'] * model_cfg.layers)})")
-    if cfg.kl_scale is not None and len(cfg.kl_scale) != model_cfg.layers:
-        raise ConfigError(f"--kl-scale gives {len(cfg.kl_scale)} factors for {model_cfg.layers} levels; give one per "
-                          "level, bottom first")
+    per_level = {"--free-bits": (cfg.free_bits, "numbers", "3"), "--kl-scale": (cfg.kl_scale, "factors", "1")}
+    for option, (values, what, example) in per_level.items():
+        if values is not None and len(values) != model_cfg.layers:
+            raise ConfigError(f"{option} gives {len(values)} {what} for {model_cfg.layers} levels; give one per level, "
+                              f"bottom first (e.g. {','.join([example] * model_cfg.layers)})")
     cfg.resolve_stages(model_cfg.layers)  # before anything stores cfg: the run's stages are fixed from here on
     if cfg.schedule == "progressive":
         need = schedule.progressive_length(model_cfg.layers, cfg.stage_steps, cfg.fade_steps)
