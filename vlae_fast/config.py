@@ -61,24 +61,28 @@ class TrainConfig:
                               f"got {self.gate_init:g}")
 
     def resolve_stages(self, layers: int) -> None:
-        """Fix the progressive stages for a model of `layers` levels: by default L equal stages (the top level
-        alone, then one more level each), each new level fading in over a quarter of a stage. A run shorter
-        than L steps gets stages of 0 steps: every level on from the start."""
+        """Fix the progressive stages for a model of `layers` levels and check its per-level options: by default L
+        equal stages (the top level alone, then one more level each), each new level fading in over a quarter of a
+        stage. A run shorter than L steps gets stages of 0 steps: every level on from the start."""
         if self.stage_steps is None:
             self.stage_steps = self.steps // layers
         if self.fade_steps is None:
             self.fade_steps = self.stage_steps // 4
-        self.kl_scale = levels_at_least_0(self.kl_scale, "--kl-scale", "factor")
-        self.free_bits = levels_at_least_0(self.free_bits, "--free-bits", "number of nats")
+        self.kl_scale = one_per_level(self.kl_scale, layers, "--kl-scale", ("factor", "factors"), "1")
+        self.free_bits = one_per_level(self.free_bits, layers, "--free-bits", ("number of nats", "numbers"), "3")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
 
 
-def levels_at_least_0(values, option: str, what: str) -> tuple[float, ...] | None:
-    """One number >= 0 per level as a tuple of floats (a resumed run's JSON gives a list); None stays None."""
+def one_per_level(values, layers: int, option: str, what: tuple[str, str], example: str) -> tuple[float, ...] | None:
+    """Exactly one number >= 0 per level as a tuple of floats (a resumed run's JSON gives a list); None stays None.
+    what: the number's name, singular and plural, for the messages; example: one level's value in the hint."""
     if values is None:
         return None
+    if len(values) != layers:
+        raise ConfigError(f"{option} gives {len(values)} {what[1]} for {layers} levels; give one per level, bottom first "
+                          f"(e.g. {','.join([example] * layers)})")
     values = tuple(float(b) for b in values)
     if min(values, default=-1) < 0:
-        raise ConfigError(f"{option} needs one {what} >= 0 per level; got {values}")
+        raise ConfigError(f"{option} needs one {what[0]} >= 0 per level; got {values}")
     return values

@@ -165,12 +165,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         raise ConfigError(f"--kl-anneal exp: --warmup {cfg.warmup:g} is the weight's time constant and must be at most "
                           f"--steps / 3 ({cfg.steps / 3:g}), so the run ends near the true objective (KL weight >= 0.95); "
                           "lower --warmup or raise --steps")
-    per_level = {"--free-bits": (cfg.free_bits, "numbers", "3"), "--kl-scale": (cfg.kl_scale, "factors", "1")}
-    for option, (values, what, example) in per_level.items():
-        if values is not None and len(values) != model_cfg.layers:
-            raise ConfigError(f"{option} gives {len(values)} {what} for {model_cfg.layers} levels; give one per level, "
-                              f"bottom first (e.g. {','.join([example] * model_cfg.layers)})")
-    cfg.resolve_stages(model_cfg.layers)  # before anything stores cfg: the run's stages are fixed from here on
+    cfg.resolve_stages(model_cfg.layers)  # before anything stores cfg: the run's stages and per-level options are fixed
     if cfg.schedule == "progressive":
         need = schedule.progressive_length(model_cfg.layers, cfg.stage_steps, cfg.fade_steps)
         if cfg.steps < need:
