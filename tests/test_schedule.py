@@ -106,12 +106,15 @@ def test_training_applies_and_logs_the_schedule(tmp_path, mnist_dir, monkeypatch
 def test_recipes_and_explicit_options(mnist_dir):
     opts = {"data_dir": mnist_dir}
     h = plan_run("mnist", {**opts, "recipe": "hierarchy"})
-    assert (h.train_cfg.schedule, h.train_cfg.kl_anneal, h.model_cfg.join, h.train_cfg.recipe) == \
-        ("progressive", "exp", "gated_add", "hierarchy")
+    assert (h.train_cfg.schedule, h.train_cfg.kl_anneal, h.model_cfg.join, h.train_cfg.recipe, h.train_cfg.gate_init) \
+        == ("progressive", "exp", "gated_add", "hierarchy", 0.3)
     p = plan_run("mnist", {**opts, "recipe": "paper"})
     assert (p.train_cfg.schedule, p.train_cfg.kl_anneal, p.model_cfg.join) == ("plain", "linear", "concat")
     mixed = plan_run("mnist", {**opts, "recipe": "hierarchy", "join": "concat", "steps": 900, "hidden": 512})
     assert (mixed.model_cfg.join, mixed.train_cfg.steps, mixed.model_cfg.hidden) == ("concat", 900, 512)
+    assert mixed.train_cfg.gate_init is None  # the recipe's gate goes with its join
+    own_gate = plan_run("mnist", {**opts, "join": "gated_add", "gate_init": 0.6})
+    assert own_gate.train_cfg.gate_init == 0.6
     for model in ("hvae", "lvae", "ar_hvae"):  # no ladder: MNIST's default is the figure3 recipe (docs/gibbs.md)
         hv = plan_run("mnist", {**opts, "model": model})
         assert (hv.train_cfg.recipe, hv.train_cfg.schedule, hv.train_cfg.kl_anneal, hv.train_cfg.steps,
@@ -264,7 +267,8 @@ def test_free_bits_make_a_levels_first_nats_free(tmp_path, mnist_dir):
 
 
 def test_gate_init_starts_the_gated_join_at_the_given_value(tmp_path, mnist_dir):
-    """--gate-init G: every gated-add join's gate starts at G (not the block's 0.1); the option reaches settings.toml;
+    """--gate-init G: every gated-add join's gate starts at G (the hierarchy recipe's 0.3, the block's 0.1 under
+    --recipe paper); the option reaches settings.toml;
     a model without a gated join and a gate of 0 are refused before a run folder is made."""
     from safetensors import safe_open
     from typer.testing import CliRunner
@@ -273,7 +277,8 @@ def test_gate_init_starts_the_gated_join_at_the_given_value(tmp_path, mnist_dir)
     args = ["train", "mnist", "--steps", "1", "--hidden", "32", "--join", "gated_add", "--lr", "1e-6",
             "--train-limit", "40", "--batch-size", "20", "--eval-limit", "20", "--data-dir", str(mnist_dir), "--device",
             "cpu", "--no-progress"]
-    for name, extra, want in (("default", [], 0.1), ("set", ["--gate-init", "0.7"], 0.7)):
+    for name, extra, want in (("default", [], 0.3), ("paper", ["--recipe", "paper"], 0.1),  # the recipe's, the block's
+                              ("set", ["--gate-init", "0.7"], 0.7)):
         r = CliRunner().invoke(app, args + extra + ["--out", str(tmp_path / name)])
         assert r.exit_code == 0, r.output
         with safe_open(str(tmp_path / name / "ckpt.safetensors"), "pt") as f:

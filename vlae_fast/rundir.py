@@ -144,8 +144,10 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
     ladder = model in REGISTRY and issubclass(REGISTRY[model][1], FlatPriorLadder)
     recipe, r = recipe_options(dataset, o.get("recipe"), "ladder" if ladder else "hvae")
     if model_for(dataset, model) != "vlae":
-        for k in ("join", "hidden"):  # the MNIST MLP ladder's: the conv ladders keep their concat and widths
+        for k in ("join", "hidden", "gate_init"):  # the MNIST MLP ladder's: the conv ladders keep their concat and widths
             r.pop(k, None)
+    if o.get("join") not in (None, "gated_add"):
+        r.pop("gate_init", None)  # the recipe's gate goes with its join: --join concat drops it
     o = {**{k: v for k, v in r.items()}, **{k: v for k, v in o.items() if v is not None}}  # given options win
     model_extra = {k: o[k] for k in ("join", "hidden") if o.get(k) is not None and takes_option(model, k)}
     model_cfg = default_config(dataset, model, o.get("layers"), o.get("latent_dims"),
