@@ -177,6 +177,10 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
             raise ConfigError(f"--level-warmup {cfg.level_warmup:g}: the bottom level trains {last} steps, too few to "
                               f"end near its true KL weight (at least {'3 x ' if cfg.kl_anneal == 'exp' else ''}the "
                               "level warm-up); lower --level-warmup or --stage-steps, or raise --steps")
+    if cfg.gate_init is not None and getattr(model_cfg, "join", None) != "gated_add":
+        raise ConfigError(f"--gate-init {cfg.gate_init:g} sets the gate of the gated-add join; this {model_cfg.model} "
+                          f"model joins by {getattr(model_cfg, 'join', 'no ladder join')}, so drop --gate-init or add "
+                          "--join gated_add")
     device = resolve_device(cfg.device)
     procs = Processes.start(device)  # this process alone, or one of torchrun's
     device = procs.device
@@ -208,10 +212,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     if cfg.schedule == "progressive" and not hasattr(model, "fade"):
         raise ConfigError(f"--schedule progressive fades ladder levels in; the {model_cfg.model} model has no "
                           "ladder, so use --schedule plain")
-    if cfg.gate_init is not None and not set_gates(model, cfg.gate_init):  # a resumed run's saved gates win
-        raise ConfigError(f"--gate-init {cfg.gate_init:g} sets the gate of the gated-add join; this {model_cfg.model} "
-                          f"model joins by {getattr(model_cfg, 'join', 'no ladder join')}, so drop --gate-init or add "
-                          "--join gated_add")
+    if cfg.gate_init is not None:
+        set_gates(model, cfg.gate_init)  # a resumed run's saved gates win
     if procs.main:  # rank 0 alone touches the run folder, once nothing before training can fail
         rundir.start_run_dir(out_dir, overwrite, start.path if start else None)
         rundir.write_settings(out_dir, model_cfg, cfg)
