@@ -77,7 +77,7 @@ def table(paths: list[Path]) -> str:
         n, run = numbers(r), r.get("run", {})
         v = verdicts(n)
         s = run.get("settings", {})
-        groups.setdefault(recipe_name(s), []).append((n, v))
+        groups.setdefault(recipe_name(s), []).append((n, v, s.get("seed", "?")))
         minutes = f"{run['train_seconds'] / 60:.0f}" if "train_seconds" in run else "?"
         held = f"{sum(v.values())}/{len(v)}" + ("" if all(v.values()) else " (fails: " + "; ".join(
             k for k, ok in v.items() if not ok) + ")")
@@ -87,14 +87,15 @@ def table(paths: list[Path]) -> str:
     for name, runs in groups.items():
         if len(runs) < 2:
             continue
-        out.append(f"**{name}** over {len(runs)} seeds (mean ± sd):")
+        seeds = ", ".join(str(seed) for *_, seed in runs)  # a seed repeated (another machine) counts as a run
+        out.append(f"**{name}** over {len(runs)} runs, seeds {seeds} (mean ± sd):")
         for key in ("knn", "ink", "width", "slant", "class"):
-            cols = list(zip(*(n[key] for n, _ in runs)))
+            cols = list(zip(*(n[key] for n, *_ in runs)))
             out.append(f"- {key}: " + " / ".join(f"{statistics.mean(c):.2f} ± {statistics.stdev(c):.2f}" for c in cols))
-        e = [n["elbo"] for n, _ in runs]
+        e = [n["elbo"] for n, *_ in runs]
         out.append(f"- test ELBO: {statistics.mean(e):.2f} ± {statistics.stdev(e):.2f}")
         for claim in runs[0][1]:
-            out.append(f"- {claim}: holds on {sum(v[claim] for _, v in runs)} of {len(runs)} seeds")
+            out.append(f"- {claim}: holds on {sum(v[claim] for _, v, _ in runs)} of {len(runs)} runs")
         out.append("")
     return "\n".join(out)
 

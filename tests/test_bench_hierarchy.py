@@ -40,7 +40,8 @@ def test_table_from_reports_with_seeds(tmp_path):
     out = subprocess.run([sys.executable, "bench/hierarchy.py", *map(str, paths)], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout
     assert "| s0 | 0 | 0.20 / 0.30 / 0.80 |" in out and "| 10 | 5/5 |" in out and "4/5 (fails: identity" in out
-    assert "0.75 ± 0.07" in out and "identity rises, top >= .75, bottom <= .35: holds on 1 of 2 seeds" in out
+    assert "0.75 ± 0.07" in out and "identity rises, top >= .75, bottom <= .35: holds on 1 of 2 runs" in out
+    assert "over 2 runs, seeds 0, 1 (mean" in out
 
 
 def test_within_class_variance_leaves_out_the_class_changes():
