@@ -22,7 +22,7 @@ from . import explore as explore_cli
 from .evaluate import compare as compare_cmd, eval_run as eval_cmd
 
 from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Anneal, Dataset, Feed, Group, Init, Join, Kernels,
-                     Likelihood, Model, Precision, Recipe, Schedule, Split, code_widths, err, fail, flag, given, kl_factors, parse_factors, free_bits_option, parse_nats, load, out, parse_dims, positive,
+                     Likelihood, Model, Precision, Recipe, Schedule, Split, code_widths, err, fail, flag, given, kl_factors, parse_factors, free_bits_option, parse_nats, kl_targets, parse_targets, load, out, parse_dims, positive,
                      print_json, user_errors, value)
 
 app = typer.Typer(
@@ -149,6 +149,15 @@ def train(
                                             "max(KL_l, this) per level, batch-averaged. Default 0 (off); the "
                                             "reported ELBO always uses the true KL. Below its budget a level's KL "
                                             "has no gradient, so free nats may go unused (docs/hierarchy.md)."),
+    kl_target: Optional[str] = typer.Option(None, callback=kl_targets, help="A KL target per level in nats, bottom "
+                                            "first, 0 = none (e.g. 0,0,4.5: the top level's KL is held near 4.5 "
+                                            "nats): a controller multiplies the level's KL weight by a factor in "
+                                            "[0.1, 10] that rises while its KL is over the target and falls while "
+                                            "under (GECO, ControlVAE). Default off; the reported ELBO always uses "
+                                            "weight 1. Not with --free-bits on the same level."),
+    kl_target_rate: Optional[float] = typer.Option(None, min=0, help="--kl-target: the controller's "
+                                                   "step, the change of log(factor) per nat of error per training "
+                                                   "step (default 0.01)."),
     seed: int = typer.Option(0, min=0, help="Random seed (weights, noise, data order)."),
     device: str = DEVICE,
     kernels: Optional[Kernels] = KERNELS,
@@ -188,7 +197,8 @@ def train(
         raise typer.Exit(code=distributed.launch(nproc, sys.argv[1:] + one_dir))  # same run folder for all ranks
     options = {**ctx.params, "dataset": value(dataset), "model": value(model), "likelihood": value(likelihood),
                "join": value(join), "kernels": value(kernels), "precision": value(precision),
-               "kl_scale": parse_factors(kl_scale), "free_bits": parse_nats(free_bits), "recipe": value(recipe), "kl_anneal": value(kl_anneal), "schedule": value(schedule),
+               "kl_scale": parse_factors(kl_scale), "free_bits": parse_nats(free_bits),
+               "kl_target": parse_targets(kl_target), "recipe": value(recipe), "kl_anneal": value(kl_anneal), "schedule": value(schedule),
                "latent_dims": parse_dims(latent_dim)}
     with user_errors():
         plan = rundir.plan_run(value(dataset), options, given(ctx), resume=resume, out=out_dir,

@@ -123,6 +123,15 @@ kl_factors = checked_by(parse_factors)  # --kl-scale
 free_bits_option = checked_by(parse_nats)  # --free-bits
 
 
+def parse_targets(text: str | None) -> list[float] | None:
+    """--kl-target '0,0,4.5' -> [0.0, 0.0, 4.5]: nats >= 0 per level (0: no target)."""
+    return per_level(text, float, 0, "numbers like 0,0,4.5 (nats per level, bottom first; 0 = no target)",
+                     "KL targets must be numbers of nats >= 0")
+
+
+kl_targets = checked_by(parse_targets)  # --kl-target
+
+
 # --- options several commands take --------------------------------------------------------------------
 def flag(default: bool, *names: str, help: str) -> bool:
     """A boolean flag shown as a flag in --help (no '<bool>' type column)."""

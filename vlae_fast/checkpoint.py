@@ -4,6 +4,7 @@ Tensors:  model.<name>                 every parameter and buffer of the model
           optim.<i>.<key>              the optimizer's per-parameter state (Adam: step, exp_avg, exp_avg_sq)
           rng.<which>                  random-generator states as uint8 tensors, for resuming: rng.cpu and
                                        rng.cuda.<i> (one process), rng.rank<r>.cpu / .cuda (DDP)
+          control.<name>               the KL controller's state (kl_control.py), for resuming a run with --kl-target
 Metadata (all JSON strings): format, config (the model config), train (training options), step,
           optim (param-group hyper-parameters), metrics (latest training / evaluation figures), versions.
 """
@@ -38,6 +39,7 @@ class Checkpoint:
     train: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     rng: dict[str, torch.Tensor] = field(default_factory=dict)  # 'cpu', 'cuda.<i>' -> uint8 state
+    control: dict[str, torch.Tensor] = field(default_factory=dict)  # the KL controller's state; empty without one
     path: str = ""  # the file it was read from, for messages
 
 
@@ -55,7 +57,8 @@ def _optim_tensors(optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, t
 
 def save_checkpoint(path: str | Path, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None,
                     step: int = 0, train: dict | None = None, metrics: dict | None = None,
-                    rng: dict[str, torch.Tensor] | None = None) -> Path:
+                    rng: dict[str, torch.Tensor] | None = None,
+                    control: dict[str, torch.Tensor] | None = None) -> Path:
     """Write model (+ optimizer, + RNG states) to `path` atomically: temp file in the same folder, fsync,
     rename. A kill at any instant leaves either the previous file or the new one, never a mix."""
     path = Path(path)
@@ -63,6 +66,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, optimizer: torch.opti
     optim_tensors, optim_meta = _optim_tensors(optimizer)
     tensors.update(optim_tensors)
     tensors.update({f"rng.{k}": v.detach().cpu().contiguous() for k, v in (rng or {}).items()})
+    tensors.update({f"control.{k}": v.detach().cpu().contiguous() for k, v in (control or {}).items()})
     meta = {
         "format": FORMAT,
         "config": json.dumps(model.cfg.to_dict()),
@@ -141,7 +145,7 @@ def read_checkpoint(path: str | Path, weights_only: bool = False) -> Checkpoint:
     """Read and validate a checkpoint file without building a model. Raises CheckpointError.
 
     weights_only: read the model's tensors alone (inference: sample, traverse, evaluate ...), leaving the
-    optimizer's moments and the RNG states in the file; optim_state and rng are then empty."""
+    optimizer's moments, the RNG states and the KL controller in the file; optim_state, rng and control are then empty."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; pass the ckpt.safetensors written by `vlae train`")
@@ -162,8 +166,9 @@ def read_checkpoint(path: str | Path, weights_only: bool = False) -> Checkpoint:
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     optim_state = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
     rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
+    control = {k[len("control."):]: v for k, v in tensors.items() if k.startswith("control.")}
     return Checkpoint(config, model_state, optim_state, _json(meta, "optim", path), step,
-                      _json(meta, "train", path), _json(meta, "metrics", path), rng, str(path))
+                      _json(meta, "train", path), _json(meta, "metrics", path), rng, control, str(path))
 
 
 def expected_state(config, path: str | Path) -> dict[str, torch.Tensor]:

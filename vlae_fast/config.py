@@ -40,6 +40,8 @@ class TrainConfig:
     input_noise: float = 0.0  # denoising: std of the Gaussian noise on the encoder's input (the target stays clean)
     kl_scale: tuple[float, ...] | None = None  # a fixed factor on each level's KL weight, bottom first (beta_l); None = 1
     free_bits: tuple[float, ...] | None = None  # nats per level its KL may hold at no cost, bottom first (schedule.py); None = 0
+    kl_target: tuple[float, ...] | None = None  # nats per level its KL controller holds, bottom first; 0 = none (kl_control.py)
+    kl_target_rate: float = 0.01  # the controller's step in log lambda per nat of error per training step
     level_warmup: float = 0.0  # progressive: > 0, each lower level's KL weight warms up anew from its start (schedule.py)
     gate_init: float | None = None  # gated_add join: the gate g's starting value in W(a + g b); None = the block's 0.1
 
@@ -54,6 +56,8 @@ class TrainConfig:
                               f"{self.stage_steps}, {self.fade_steps}, {self.pre_kl:g}, {self.first_kl:g}")
         if self.level_warmup < 0:
             raise ConfigError(f"--level-warmup is a number of steps and must be >= 0; got {self.level_warmup:g}")
+        if not 0 < self.kl_target_rate < float("inf"):
+            raise ConfigError(f"--kl-target-rate must be a number > 0; got {self.kl_target_rate:g}")
         if self.input_noise < 0:
             raise ConfigError(f"--input-noise is a standard deviation and must be >= 0; got {self.input_noise:g}")
         if self.gate_init is not None and not 0 < self.gate_init < float("inf"):
@@ -70,6 +74,13 @@ class TrainConfig:
             self.fade_steps = self.stage_steps // 4
         self.kl_scale = one_per_level(self.kl_scale, layers, "--kl-scale", ("factor", "factors"), "1")
         self.free_bits = one_per_level(self.free_bits, layers, "--free-bits", ("number of nats", "numbers"), "3")
+        self.kl_target = one_per_level(self.kl_target, layers, "--kl-target", ("number of nats", "numbers"), "5")
+        if self.kl_target is not None and not any(self.kl_target):
+            self.kl_target = None  # every level 0: no controller
+        both = [l for l, (b, t) in enumerate(zip(self.free_bits or (), self.kl_target or ()), 1) if b and t]
+        if both:
+            raise ConfigError(f"level {both[0]} has both --free-bits and --kl-target; a level's KL is either free up to a "
+                              "budget or held at a target, so give it one of them (0 in the other)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
 

@@ -5,7 +5,8 @@ loss = mean_over_batch( -log r(x | z) + sum_l w_l(step) * KL_l ),   w_l = min(1,
 The KL weight rises from 0 to 1 over the first `warmup` steps (appendix B.1 anneals it from 0 to 1;
 linearly by default, or 1 - exp(-t / warmup)) and stays at 1 after, so a run ends on the true objective,
 eq. 14, which is what it reports. Under progressive training (schedule.py) the levels switch on one by
-one from the top, and a level not yet on pays its KL with a fixed small weight.
+one from the top, and a level not yet on pays its KL with a fixed small weight. With --kl-target a controller
+(kl_control.py) multiplies a level's weight by lambda_l to hold its KL near a target.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from .errors import ConfigError
 from .eval import evaluate
 from .eval.run import compact as eval_compact  # stored at the end, so `vlae eval` of a finished run is instant
 from .kernels import set_backend
+from .kl_control import KLControl
 from .models import build_model
 from .models.blocks import set_gates
 from .progress import progress_bar, status
@@ -239,6 +241,9 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     order = BatchOrder(len(train_set), cfg.batch_size, cfg.seed, device)
     L = model_cfg.layers
     w_t = torch.zeros(L, device=device)  # the KL weight per level, refilled each step (no host read, no recompile)
+    control = KLControl(cfg.kl_target, cfg.kl_target_rate, device) if cfg.kl_target else None
+    if control is not None and start is not None:
+        control.load(start.control, start.path)
     held = [None, None]  # the weights and fades now on the device: refilled only when they change
 
     def check_guard(state: list[float] | None = None) -> None:
@@ -264,7 +269,10 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
             guard.step_t.fill_(step + 1)
             eps = None if cfg.noise_seed is None else [procs.shard(e) for e in explicit_noise(
                 cfg.noise_seed, step, cfg.batch_size, model_cfg.latent_dims, device)]  # the global batch's noise
-            stats = step_fn(x, w_t, eps)  # [loss, recon, KL_1 .. KL_L] on the device
+            stats = step_fn(x, w_t if control is None else w_t * control.lam, eps)  # [loss, recon, KL_1 .. KL_L]
+            if control is not None:  # every rank the same lambda: from the global batch's KL, on the levels switched on
+                fade_t = getattr(model, "fade", None)
+                control.update(procs.mean(stats)[2:], fade_t > 0 if fade_t is not None else w_t >= 0)
 
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps or done == 1:  # step 1: a first loss to see at once
@@ -276,6 +284,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                         "kl_weight": kl_weight(step, cfg.warmup, cfg.kl_anneal), "seconds": round(time.perf_counter() - t0, 2)}
                 if cfg.schedule == "progressive":
                     last.update(kl_weights=ws, fade=alphas)
+                if control is not None:
+                    last["kl_lambda"] = control.lam.tolist()  # the controller's factor on each level's KL weight
                 log.write(json.dumps(last) + "\n")
                 log.flush()
                 kl_txt = " ".join(f"KL{l}={v:.2f}" for l, v in enumerate(kl_list, 1))
@@ -291,7 +301,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                 rng = procs.rng_states(resume.rng_state())  # every rank's, gathered
                 if procs.main:
                     save_checkpoint(ckpt_path, model, optimizer=optimizer, step=done, train=train_info,
-                                    metrics={"train": last}, rng=rng)
+                                    metrics={"train": last}, rng=rng, control=control and control.state())
                 last_saved = str(ckpt_path)
             if stopping and done < cfg.steps:
                 log.close()
@@ -315,7 +325,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         log.write(json.dumps({"step": cfg.steps, "test": result}) + "\n")
         log.close()
         save_checkpoint(ckpt_path, model, optimizer=optimizer, step=cfg.steps, train=train_info,
-                        metrics={"train": last, "test": result, "eval": summary}, rng=rng)
+                        metrics={"train": last, "test": result, "eval": summary}, rng=rng,
+                        control=control and control.state())
     procs.close()
     result["checkpoint"] = str(ckpt_path)
     return result
