@@ -158,6 +158,9 @@ def train(
     kl_target_rate: Optional[float] = typer.Option(None, min=0, help="--kl-target: the controller's "
                                                    "step, the change of log(factor) per nat of error per training "
                                                    "step (default 0.01)."),
+    kl_target_start: Optional[int] = typer.Option(None, min=0, help="--kl-target: the step from which the controller "
+                                                  "acts (default 0); before it the KL weights are the schedule's, so "
+                                                  "e.g. --stage-steps lets the top level learn alone first."),
     seed: int = typer.Option(0, min=0, help="Random seed (weights, noise, data order)."),
     device: str = DEVICE,
     kernels: Optional[Kernels] = KERNELS,

@@ -82,6 +82,23 @@ def test_train_holds_the_loss_to_the_controlled_weights_and_resumes_the_controll
     assert lines(tmp_path / "part")[-1]["kl_lambda"] == pytest.approx(logged[-1]["kl_lambda"], rel=1e-6)
 
 
+def test_controller_waits_for_its_start_step(tmp_path, mnist_dir):
+    """--kl-target-start S: lambda stays 1 through the first S steps, then follows the update rule."""
+    args = ARGS + ["--data-dir", str(mnist_dir), "--kl-target", "0,0,0.5", "--kl-target-rate", "0.5",
+                   "--kl-target-start", "3"]
+    r = CliRunner().invoke(app, args + ["--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert "kl-target-start = 3" in (tmp_path / "run" / "settings.toml").read_text()
+    lam = 1.0
+    for r in lines(tmp_path / "run"):
+        if r["step"] > 3:
+            lam *= math.exp(0.5 * (r["kl"][2] - 0.5))
+        assert r["kl_lambda"] == pytest.approx([1.0, 1.0, lam], rel=1e-5), r["step"]
+    assert lam > 1.1
+    with pytest.raises(ConfigError, match="--kl-target-start is a step and must be >= 0"):
+        TrainConfig(kl_target_start=-1)
+
+
 def test_without_a_target_no_lambda_is_logged(tmp_path, mnist_dir):
     r = CliRunner().invoke(app, ARGS + ["--data-dir", str(mnist_dir), "--kl-target", "0,0,0", "--out", str(tmp_path / "r")])
     assert r.exit_code == 0, r.output

@@ -42,6 +42,7 @@ class TrainConfig:
     free_bits: tuple[float, ...] | None = None  # nats per level its KL may hold at no cost, bottom first (schedule.py); None = 0
     kl_target: tuple[float, ...] | None = None  # nats per level its KL controller holds, bottom first; 0 = none (kl_control.py)
     kl_target_rate: float = 0.01  # the controller's step in log lambda per nat of error per training step
+    kl_target_start: int = 0  # the step from which the controller moves; before it every lambda is 1
     level_warmup: float = 0.0  # progressive: > 0, each lower level's KL weight warms up anew from its start (schedule.py)
     gate_init: float | None = None  # gated_add join: the gate g's starting value in W(a + g b); None = the block's 0.1
 
@@ -56,6 +57,8 @@ class TrainConfig:
                               f"{self.stage_steps}, {self.fade_steps}, {self.pre_kl:g}, {self.first_kl:g}")
         if self.level_warmup < 0:
             raise ConfigError(f"--level-warmup is a number of steps and must be >= 0; got {self.level_warmup:g}")
+        if self.kl_target_start < 0:
+            raise ConfigError(f"--kl-target-start is a step and must be >= 0; got {self.kl_target_start}")
         if not 0 < self.kl_target_rate < float("inf"):
             raise ConfigError(f"--kl-target-rate must be a number > 0; got {self.kl_target_rate:g}")
         if self.input_noise < 0:

@@ -6,7 +6,9 @@ Level l with a target tau_l > 0 has its KL weight multiplied by lambda_l, which 
 A level holding more than tau_l nats pays more for them, one holding fewer pays less, so its KL settles near tau_l
 whatever the other levels do; a level with tau_l = 0 keeps lambda_l = 1. The update is an integral controller in
 log lambda (the multiplier of a constraint KL_l = tau_l, GECO's update); the clamp bounds its wind-up while the
-KL weight still warms up. Under progressive training a level's lambda moves only once the level is switched on.
+KL weight still warms up. Under progressive training a level's lambda moves only once the level is switched on,
+and no lambda moves before the step kl_target_start (so the top level, training alone in the first stage, can
+learn its factors before the controller holds it to its target).
 The loss weight of level l is w_l(t) * beta_l * lambda_l; the reported ELBO always uses KL_l with weight 1.
 """
 from __future__ import annotations
