@@ -124,6 +124,32 @@ def test_two_process_training_steps_every_parameter_and_matches_one_process(tmp_
     assert curve("two") == pytest.approx(curve("one"), rel=1e-5) and len(curve("one")) == STEPS
 
 
+def control_cfg(mnist_dir: str):
+    cfg = steps_cfg(mnist_dir)
+    cfg.kl_target, cfg.kl_target_rate = (0.0, 0.3), 0.2  # a KL target on the top level (kl_control.py)
+    return cfg
+
+
+def control_worker(rank: int, tmp: str, mnist_dir: str) -> None:
+    from vlae_fast.train import train
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=WORLD)
+    train(make_config(TINY), control_cfg(mnist_dir), f"{tmp}/two", show_progress=False)
+
+
+def test_two_process_kl_controller_follows_the_global_batch(tmp_path, mnist_dir):
+    """--kl-target under DDP: every rank moves lambda by the global batch's KL (all-reduced), so a 2-process run's
+    lambda is the 1-process run's on the same batches and noise (not rank 0's half-batch KL)."""
+    from vlae_fast.train import train
+    torch.multiprocessing.spawn(control_worker, args=(str(tmp_path), str(mnist_dir)), nprocs=WORLD)
+    train(make_config(TINY), control_cfg(str(mnist_dir)), tmp_path / "one", show_progress=False)
+    lam = lambda r: [l["kl_lambda"] for l in map(json.loads, (tmp_path / r / "metrics.jsonl").read_text().splitlines())
+                     if "loss" in l]
+    assert len(lam("one")) == STEPS and 1.5 < lam("one")[-1][1] < 10 and lam("one")[-1][0] == 1.0
+    for a, b in zip(lam("two"), lam("one")):
+        assert a == pytest.approx(b, rel=1e-4)  # the two runs' KL agree to ~1e-5
+
+
 def test_batch_must_split_over_ranks():
     from vlae_fast.errors import ConfigError
     with pytest.raises(ConfigError, match="multiple of 2"):
