@@ -271,7 +271,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                 cfg.noise_seed, step, cfg.batch_size, model_cfg.latent_dims, device)]  # the global batch's noise
             stats = step_fn(x, w_t if control is None else w_t * control.lam, eps)  # [loss, recon, KL_1 .. KL_L]
             if control is not None and step >= cfg.kl_target_start:  # every rank the same lambda: from the global
-                # batch's KL, on the levels switched on
+                # batch's KL, on the levels switched on (a model without fades: every level, w_t >= 0 is all True)
                 fade_t = getattr(model, "fade", None)
                 control.update(procs.mean(stats)[2:], fade_t > 0 if fade_t is not None else w_t >= 0)
 
