@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import CheckpointError
+
 LAMBDA_MIN, LAMBDA_MAX = 0.1, 10.0  # how far the controller may move a level's KL weight, either way
 
 
@@ -38,10 +40,9 @@ class KLControl:
 
     def load(self, state: dict[str, torch.Tensor], path: str) -> None:
         lam = state.get("lambda")
-        if lam is None:  # a run started before --kl-target was given, now resumed with it: start from 1
-            return
+        if lam is None:  # a checkpoint without training state (`vlae export`), resumed with --restart-optimizer:
+            return  # the controller starts afresh from 1, as Adam's moments do
         if lam.shape != self.lam.shape:
-            from .errors import CheckpointError
             raise CheckpointError(f"{path}: its KL controller has {lam.numel()} levels, the model {self.lam.numel()}; "
                                   "the file is corrupt")
         self.lam.copy_(lam.to(self.lam.device))

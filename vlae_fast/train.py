@@ -244,6 +244,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
     control = KLControl(cfg.kl_target, cfg.kl_target_rate, device) if cfg.kl_target else None
     if control is not None and start is not None:
         control.load(start.control, start.path)
+    fade_t = getattr(model, "fade", None)  # the levels switched on are those with fade > 0; without fades, all
+    all_on = torch.ones(L, dtype=torch.bool, device=device)
     held = [None, None]  # the weights and fades now on the device: refilled only when they change
 
     def check_guard(state: list[float] | None = None) -> None:
@@ -271,9 +273,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                 cfg.noise_seed, step, cfg.batch_size, model_cfg.latent_dims, device)]  # the global batch's noise
             stats = step_fn(x, w_t if control is None else w_t * control.lam, eps)  # [loss, recon, KL_1 .. KL_L]
             if control is not None and step >= cfg.kl_target_start:  # every rank the same lambda: from the global
-                # batch's KL, on the levels switched on (a model without fades: every level, w_t >= 0 is all True)
-                fade_t = getattr(model, "fade", None)
-                control.update(procs.mean(stats)[2:], fade_t > 0 if fade_t is not None else w_t >= 0)
+                control.update(procs.mean(stats)[2:], fade_t > 0 if fade_t is not None else all_on)  # batch's KL
 
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps or done == 1:  # step 1: a first loss to see at once
