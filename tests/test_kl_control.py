@@ -99,6 +99,21 @@ def test_controller_waits_for_its_start_step(tmp_path, mnist_dir):
         TrainConfig(kl_target_start=-1)
 
 
+def test_a_level_not_yet_switched_on_keeps_lambda_1(tmp_path, mnist_dir):
+    """Progressive training: the bottom level's lambda stays 1 while its fade is 0 (it pays pre_kl, no target yet),
+    then follows the update rule from the step its fade is > 0."""
+    args = ARGS + ["--data-dir", str(mnist_dir), "--kl-target", "0.2,0,0", "--kl-target-rate", "0.5"]
+    r = CliRunner().invoke(app, args + ["--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    lam, logged = 1.0, lines(tmp_path / "run")
+    assert logged[0]["fade"][0] == 0.0 < logged[-1]["fade"][0]  # level 1 switches on during the run
+    for r in logged:
+        if r["fade"][0] > 0:
+            lam = max(0.1, min(10.0, lam * math.exp(0.5 * (r["kl"][0] - 0.2))))
+        assert r["kl_lambda"] == pytest.approx([lam, 1.0, 1.0], rel=1e-5), r["step"]
+    assert lam != 1.0
+
+
 def test_without_a_target_no_lambda_is_logged(tmp_path, mnist_dir):
     r = CliRunner().invoke(app, ARGS + ["--data-dir", str(mnist_dir), "--kl-target", "0,0,0", "--out", str(tmp_path / "r")])
     assert r.exit_code == 0, r.output
