@@ -106,10 +106,21 @@ def test_training_applies_and_logs_the_schedule(tmp_path, mnist_dir, monkeypatch
 def test_recipes_and_explicit_options(mnist_dir):
     opts = {"data_dir": mnist_dir}
     h = plan_run("mnist", {**opts, "recipe": "hierarchy"})
-    assert (h.train_cfg.schedule, h.train_cfg.kl_anneal, h.model_cfg.join, h.train_cfg.recipe, h.train_cfg.gate_init) \
-        == ("progressive", "exp", "gated_add", "hierarchy", 0.3)
+    assert (h.train_cfg.schedule, h.train_cfg.kl_anneal, h.model_cfg.join, h.train_cfg.recipe, h.train_cfg.gate_init,
+            h.train_cfg.kl_target) == ("progressive", "exp", "gated_add", "hierarchy", 0.3, (0, 6, 0))
     p = plan_run("mnist", {**opts, "recipe": "paper"})
-    assert (p.train_cfg.schedule, p.train_cfg.kl_anneal, p.model_cfg.join) == ("plain", "linear", "concat")
+    assert (p.train_cfg.schedule, p.train_cfg.kl_anneal, p.model_cfg.join, p.train_cfg.kl_target) == \
+        ("plain", "linear", "concat", None)
+    # the recipe's level-2 target: measured on three levels only; yields to --free-bits and to a target of one's own
+    assert plan_run("mnist", {**opts, "layers": 2}).train_cfg.kl_target is None
+    assert plan_run("mnist", {**opts, "layers": 4}).train_cfg.kl_target is None
+    fb = plan_run("mnist", {**opts, "free_bits": (0, 5, 0)}).train_cfg
+    assert (fb.free_bits, fb.kl_target) == ((0, 5, 0), None)
+    assert plan_run("mnist", {**opts, "kl_target": (0, 0, 4)}).train_cfg.kl_target == (0, 0, 4)
+    off = plan_run("mnist", {**opts, "kl_target": (0, 0, 0)}).train_cfg
+    off.resolve_stages(3)  # as train() does: every level 0 = no controller
+    assert off.kl_target is None
+    assert plan_run("mnist", {**opts, "model": "conv_vlae", "layers": 3}).train_cfg.kl_target is None
     mixed = plan_run("mnist", {**opts, "recipe": "hierarchy", "join": "concat", "steps": 900, "hidden": 512})
     assert (mixed.model_cfg.join, mixed.train_cfg.steps, mixed.model_cfg.hidden) == ("concat", 900, 512)
     assert mixed.train_cfg.gate_init is None  # the recipe's gate goes with its join

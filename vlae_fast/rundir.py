@@ -144,10 +144,12 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
     ladder = model in REGISTRY and issubclass(REGISTRY[model][1], FlatPriorLadder)
     recipe, r = recipe_options(dataset, o.get("recipe"), "ladder" if ladder else "hvae")
     if model_for(dataset, model) != "vlae":
-        for k in ("join", "hidden", "gate_init"):  # the MNIST MLP ladder's: the conv ladders keep their concat and widths
-            r.pop(k, None)
+        for k in ("join", "hidden", "gate_init", "kl_target"):  # the MNIST MLP ladder's: the conv ladders keep their
+            r.pop(k, None)  # concat and widths, and their KL is not held
     if o.get("join") not in (None, "gated_add"):
         r.pop("gate_init", None)  # the recipe's gate goes with its join: --join concat drops it
+    if o.get("free_bits") is not None:
+        r.pop("kl_target", None)  # a level's KL is free up to a budget or held at a target: --free-bits drops the target
     o = {**{k: v for k, v in r.items()}, **{k: v for k, v in o.items() if v is not None}}  # given options win
     model_extra = {k: o[k] for k in ("join", "hidden") if o.get(k) is not None and takes_option(model, k)}
     model_cfg = default_config(dataset, model, o.get("layers"), o.get("latent_dims"),
