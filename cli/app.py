@@ -153,8 +153,10 @@ def train(
                                             "first, 0 = none (e.g. 0,0,4.5: the top level's KL is held near 4.5 "
                                             "nats): a controller multiplies the level's KL weight by a factor in "
                                             "[0.1, 10] that rises while its KL is over the target and falls while "
-                                            "under (GECO, ControlVAE). Default off; the reported ELBO always uses "
-                                            "weight 1. Not with --free-bits on the same level."),
+                                            "under (GECO, ControlVAE). Default: the hierarchy recipe's 0,6,0 on "
+                                            "three levels, else off; 0,0,0 turns it off. The reported ELBO always "
+                                            "uses weight 1. Not with --free-bits on the same level (--free-bits "
+                                            "drops the recipe's target)."),
     kl_target_rate: Optional[float] = typer.Option(None, min=0, help="--kl-target: the controller's "
                                                    "step, the change of log(factor) per nat of error per training "
                                                    "step (default 0.01)."),

@@ -37,7 +37,7 @@ RECIPES: dict[str, dict] = {
     # stages of steps / L, fades of a quarter stage, KL time constant steps / 6 (TrainConfig's defaults for
     # progressive and exp): 6000 steps = the top level alone for 2000, then level 2 over 500, level 1 at 4000
     # the gated join's gate starts at 0.3, not the authors' 0.1: 12 claims over seeds 0-2 against 0.1's 10; level
-    # 2 held at 6 nats (it takes 4.2-4.6 by itself): 13 claims over seeds 0-2 against the gate alone's 12
+    # 2 held at 6 nats (it takes 4.2-4.6 by itself): 15 claims over seeds 0-3 against the gate alone's 14
     "hierarchy": {"schedule": "progressive", "pre_kl": 0.5, "kl_anneal": "exp", "join": "gated_add", "gate_init": 0.3,
                   "hidden": 512, "steps": 6000, "kl_target": middle_target},
     # functions of the run's levels and steps, resolved once those are known (rundir.plan_run): 5000 steps = the
