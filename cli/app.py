@@ -135,6 +135,10 @@ def train(
                                                  "time constant under --kl-anneal exp), so a level switched on late "
                                                  "starts nearly free. Default 0: every level follows the run's "
                                                  "--warmup."),
+    top_lr: Optional[float] = typer.Option(None, min=0, help="progressive: a factor on the learning rate of the top "
+                                           "level's own modules (its encoder block and head, its generator) once its "
+                                           "stage is over (default 1; 0 freezes them), so the levels fading in below "
+                                           "take what the top does not hold instead of reshaping its code."),
     input_noise: Optional[float] = typer.Option(None, min=0, help="Denoising: the standard deviation of Gaussian "
                                                 "noise added to the encoder's input while training (the authors' "
                                                 "configs use it; pixels are in [0, 1]); the reconstruction is "

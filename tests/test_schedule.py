@@ -10,6 +10,7 @@ from vlae_fast.config import TrainConfig
 from vlae_fast.errors import ConfigError
 from vlae_fast.guards import NonFiniteGuard
 from vlae_fast.models import build_model, default_config, make_config
+from vlae_fast.resume import plan_resume
 from vlae_fast.rundir import plan_run
 from vlae_fast.train import make_optimizer, make_step, train
 
@@ -215,6 +216,52 @@ def test_kl_scale_may_change_on_resume(tmp_path, mnist_dir):
         assert r["loss"] == pytest.approx(r["recon"] + sum(b * k for b, k in zip(factors, r["kl"])), rel=1e-5)
     with pytest.raises(ConfigError, match="--seed"):  # the model and data options stay fixed
         plan_run("mnist", {"steps": 6, "seed": 1}, given={"steps", "seed"}, resume=tmp_path)
+
+
+def test_top_lr_slows_only_the_top_levels_own_parameters_after_its_stage(tmp_path, mnist_dir, monkeypatch):
+    """--top-lr F: the top level's own modules (g_L, q_L, f_L) learn at lr during its stage, at F * lr after it;
+    checked in train()'s own loop with F = 0: from the top's stage on, they stay as they were, everything else moves."""
+    cfg = progressive(stage_steps=10, fade_steps=4, warmup=5, top_lr=0.25)
+    assert [schedule.top_lr_factor(t, cfg, 3) for t in (0, 9, 10, 29)] == [1, 1, 0.25, 0.25]
+    assert schedule.top_lr_factor(20, TrainConfig(steps=30), 3) == 1.0
+    model = build_model(make_config({"model": "vlae", "latent_dims": [2, 2, 2], "channels": [4, 8], "hidden": 16}))
+    top = {n for n, p in model.named_parameters() if any(p is q for q in make_optimizer(model, 1e-3, True).param_groups[1]["params"])}
+    assert top == {n for n, _ in model.named_parameters() if n.startswith(("g.2.", "q.2.", "f_top."))}
+    assert len(make_optimizer(model, 1e-3).param_groups) == 1  # without --top-lr: one group, as before
+
+    seen = []  # per step: the groups' lr, and the parameters as the step found them
+
+    def recording(net, model, optimizer, *a, **kw):
+        step = make_step(net, model, optimizer, *a, **kw)
+
+        def run(x, w, eps):
+            seen.append(([g["lr"] for g in optimizer.param_groups],
+                         {n: p.detach().clone() for n, p in model.named_parameters()}))
+            return step(x, w, eps)
+        return run
+
+    monkeypatch.setattr("vlae_fast.train.make_step", recording)
+    m = default_config("mnist", "vlae", latent_dims=[2, 2, 2], hidden=32, join="gated_add")
+    run = TrainConfig(steps=8, schedule="progressive", kl_anneal="exp", warmup=2, stage_steps=3, fade_steps=1,
+                      top_lr=0.0, lr=1e-3, batch_size=20, train_limit=100, eval_limit=40, data_dir=str(mnist_dir),
+                      device="cpu", save_every=0)
+    train(m, run, tmp_path / "run", show_progress=False)
+    assert [lr for lr, _ in seen] == [[1e-3, 1e-3]] * 3 + [[1e-3, 0.0]] * 5
+    after_stage, last = seen[3][1], seen[-1][1]
+    is_top = lambda n: n.startswith(("g.2.", "q.2.", "f_top."))  # noqa: E731
+    assert all(torch.equal(after_stage[n], last[n]) for n in last if is_top(n))  # frozen from step 3 on
+    assert any(not torch.equal(seen[0][1][n], after_stage[n]) for n in last if is_top(n))  # but learnt in its stage
+    assert any(not torch.equal(after_stage[n], last[n]) for n in last if n.startswith("g.1."))  # the rest learns
+    assert "top-lr = 0.0" in (tmp_path / "run" / "settings.toml").read_text()
+    seen.clear()  # resumed after the top's stage (restore sets every group to --lr): the top stays at 0
+    model_cfg, more, ckpt = plan_resume(tmp_path / "run", steps=10)
+    train(model_cfg, more, tmp_path / "run", show_progress=False, start=ckpt)
+    assert [lr for lr, _ in seen] == [[1e-3, 0.0]] * 2
+    assert all(torch.equal(after_stage[n], seen[-1][1][n]) for n in last if is_top(n))
+    with pytest.raises(ConfigError, match="--top-lr"):
+        TrainConfig(top_lr=0.5)  # no stages: nothing to slow after
+    with pytest.raises(ConfigError, match="--top-lr"):
+        TrainConfig(schedule="progressive", top_lr=-1)
 
 
 def test_level_warmup_restarts_each_lower_levels_weight_at_its_start(tmp_path, mnist_dir):

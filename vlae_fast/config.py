@@ -43,6 +43,7 @@ class TrainConfig:
     kl_target: tuple[float, ...] | None = None  # nats per level its KL controller holds, bottom first; 0 = none (kl_control.py)
     kl_target_rate: float = 0.01  # the controller's step in log lambda per nat of error per training step
     kl_target_start: int = 0  # the step from which the controller moves; before it every lambda is 1
+    top_lr: float = 1.0  # progressive: a factor on the lr of the top level's own modules once its stage is over (schedule.py)
     level_warmup: float = 0.0  # progressive: > 0, each lower level's KL weight warms up anew from its start (schedule.py)
     gate_init: float | None = None  # gated_add join: the gate g's starting value in W(a + g b); None = the block's 0.1
 
@@ -55,6 +56,11 @@ class TrainConfig:
         if (self.stage_steps or 0) < 0 or (self.fade_steps or 0) < 0 or self.pre_kl < 0 or self.first_kl < 0:
             raise ConfigError(f"--stage-steps, --fade-steps, --pre-kl and --first-kl must be >= 0; got "
                               f"{self.stage_steps}, {self.fade_steps}, {self.pre_kl:g}, {self.first_kl:g}")
+        if not 0 <= self.top_lr < float("inf"):
+            raise ConfigError(f"--top-lr is a factor on the learning rate and must be >= 0; got {self.top_lr:g}")
+        if self.top_lr != 1 and self.schedule != "progressive":
+            raise ConfigError(f"--top-lr {self.top_lr:g} slows the top level once its stage of progressive training is "
+                              "over; this run has no stages, so drop --top-lr or add --schedule progressive")
         if self.level_warmup < 0:
             raise ConfigError(f"--level-warmup is a number of steps and must be >= 0; got {self.level_warmup:g}")
         if self.kl_target_start < 0:

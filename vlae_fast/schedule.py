@@ -17,6 +17,9 @@ factors, so the style the top would otherwise take first (slant, docs/hierarchy.
 level_warmup T' > 0: each level below the top warms up anew from its own start, with T' in place of warmup
 (w'(t - start_l), same anneal), instead of taking the run's w(t): a level switched on late starts nearly free
 and can take factors the levels above already hold.
+top_lr: a factor on the learning rate of the top level's own modules (its inference block g_L and head q_L, its
+generator f_L) from the end of its stage on: < 1 slows the code the top learnt alone while the levels below fade in
+(0 freezes it), so a lower level takes what the top does not hold instead of the top giving up identity for style.
 
 Free bits (Kingma et al. 2016, "Improved variational inference with inverse autoregressive flow"): level l's
 KL term in the loss is max(KL_l, lambda_l), KL_l averaged over the batch, so the first lambda_l nats of the
@@ -55,6 +58,13 @@ def fade(step: int, level: int, layers: int, stage_steps: int, fade_steps: int) 
 def progressive_length(layers: int, stage_steps: int, fade_steps: int) -> int:
     """Steps until every level is fully on: the bottom level's start plus its fade."""
     return level_start(1, layers, stage_steps) + (fade_steps if layers > 1 else 0)
+
+
+def top_lr_factor(step: int, cfg, layers: int) -> float:
+    """The factor on the top level's learning rate at `step`: 1 during its own stage, cfg.top_lr after it."""
+    if cfg.schedule != "progressive" or layers < 2 or step < level_start(layers - 1, layers, cfg.stage_steps):
+        return 1.0
+    return cfg.top_lr
 
 
 def weights(step: int, cfg, layers: int) -> tuple[list[float], list[float]]:

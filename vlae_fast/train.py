@@ -91,10 +91,15 @@ class BatchOrder:
         return self.perm[i * self.batch_size : (i + 1) * self.batch_size]
 
 
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, lr: float, top_group: bool = False) -> torch.optim.Optimizer:
     """Adam with the fused (one-kernel) update: faster than the per-parameter loop (bench/README.md), and it
-    skips the whole update, moments and step count included, when its `found_inf` flag is set (guards.py)."""
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    skips the whole update, moments and step count included, when its `found_inf` flag is set (guards.py).
+    top_group: the top level's own parameters in a second group, whose lr the loop sets (--top-lr)."""
+    if not top_group:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    top = {id(p) for p in model.top_level_parameters()}
+    rest = [p for p in model.parameters() if id(p) not in top]
+    return torch.optim.Adam([{"params": rest}, {"params": model.top_level_parameters()}], lr=lr, fused=True)
 
 
 def keep_fused(optimizer: torch.optim.Optimizer) -> None:
@@ -221,7 +226,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         rundir.write_settings(out_dir, model_cfg, cfg)
     tb = TensorBoardLog(out_dir, tensorboard_every) if tensorboard_every and procs.main else None
     net = procs.wrap(model)  # `model` itself for one process; before Adam, as the wrap may swap modules
-    optimizer = make_optimizer(model, cfg.lr)
+    optimizer = make_optimizer(model, cfg.lr, top_group=cfg.top_lr != 1)
     train_info = asdict(cfg)
     ckpt_path = out_dir / CKPT_NAME
     first, last_saved = 0, None
@@ -268,6 +273,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                     for l, v in enumerate(new):
                         dest[l].fill_(v)  # a scalar fill: no host-device sync
             held = [ws, alphas]
+            if cfg.top_lr != 1:  # the top level's own group (make_optimizer): slower once its stage is over
+                optimizer.param_groups[1]["lr"] = cfg.lr * schedule.top_lr_factor(step, cfg, L)
             guard.step_t.fill_(step + 1)
             eps = None if cfg.noise_seed is None else [procs.shard(e) for e in explicit_noise(
                 cfg.noise_seed, step, cfg.batch_size, model_cfg.latent_dims, device)]  # the global batch's noise

@@ -65,6 +65,11 @@ class FlatPriorLadder(LatentModel):
         recon = self.recon_nll(x, logits)
         return Output(logits, recon, kl, z)
 
+    def top_level_parameters(self) -> list[nn.Parameter]:
+        """The parameters that serve the top level alone: its inference block g_L and head q_L, its generator f_L
+        (both ladders name them g[-1], q[-1], f_top). `--top-lr` slows them after the top's stage (schedule.py)."""
+        return [p for m in (self.g[-1], self.q[-1], self.f_top) for p in m.parameters()]
+
     def log_weight(self, x: Tensor, z: list[Tensor] | None = None) -> Tensor:
         """log r(x | z) + log N(z; 0, I) - log q(z | x) at one z ~ q(z | x), or at the given codes: [B]."""
         mus, logvars = self.encode(x)
