@@ -137,8 +137,9 @@ def train(
                                                  "--warmup."),
     top_lr: Optional[float] = typer.Option(None, min=0, help="progressive: a factor on the learning rate of the top "
                                            "level's own modules (its encoder block and head, its generator) once its "
-                                           "stage is over (default 1; 0 freezes them), so the levels fading in below "
-                                           "take what the top does not hold instead of reshaping its code."),
+                                           "stage is over (default 1; 0 freezes them). Measured on MNIST it does not keep "
+                                           "the top's identity, which goes through the encoder trunk the levels "
+                                           "below share (docs/hierarchy.md)."),
     input_noise: Optional[float] = typer.Option(None, min=0, help="Denoising: the standard deviation of Gaussian "
                                                 "noise added to the encoder's input while training (the authors' "
                                                 "configs use it; pixels are in [0, 1]); the reconstruction is "

@@ -225,8 +225,11 @@ def test_top_lr_slows_only_the_top_levels_own_parameters_after_its_stage(tmp_pat
     assert [schedule.top_lr_factor(t, cfg, 3) for t in (0, 9, 10, 29)] == [1, 1, 0.25, 0.25]
     assert schedule.top_lr_factor(20, TrainConfig(steps=30), 3) == 1.0
     model = build_model(make_config({"model": "vlae", "latent_dims": [2, 2, 2], "channels": [4, 8], "hidden": 16}))
-    top = {n for n, p in model.named_parameters() if any(p is q for q in make_optimizer(model, 1e-3, True).param_groups[1]["params"])}
-    assert top == {n for n, _ in model.named_parameters() if n.startswith(("g.2.", "q.2.", "f_top."))}
+    is_top = lambda n: n.startswith(("g.2.", "q.2.", "f_top."))  # noqa: E731
+    groups = make_optimizer(model, 1e-3, True).param_groups
+    assert {n for n, p in model.named_parameters() if any(p is q for q in groups[1]["params"])} == \
+        {n for n, _ in model.named_parameters() if is_top(n)}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))  # every parameter, once
     assert len(make_optimizer(model, 1e-3).param_groups) == 1  # without --top-lr: one group, as before
 
     seen = []  # per step: the groups' lr, and the parameters as the step found them
@@ -248,7 +251,6 @@ def test_top_lr_slows_only_the_top_levels_own_parameters_after_its_stage(tmp_pat
     train(m, run, tmp_path / "run", show_progress=False)
     assert [lr for lr, _ in seen] == [[1e-3, 1e-3]] * 3 + [[1e-3, 0.0]] * 5
     after_stage, last = seen[3][1], seen[-1][1]
-    is_top = lambda n: n.startswith(("g.2.", "q.2.", "f_top."))  # noqa: E731
     assert all(torch.equal(after_stage[n], last[n]) for n in last if is_top(n))  # frozen from step 3 on
     assert any(not torch.equal(seen[0][1][n], after_stage[n]) for n in last if is_top(n))  # but learnt in its stage
     assert any(not torch.equal(after_stage[n], last[n]) for n in last if n.startswith("g.1."))  # the rest learns

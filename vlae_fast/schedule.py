@@ -19,7 +19,8 @@ level_warmup T' > 0: each level below the top warms up anew from its own start, 
 and can take factors the levels above already hold.
 top_lr: a factor on the learning rate of the top level's own modules (its inference block g_L and head q_L, its
 generator f_L) from the end of its stage on: < 1 slows the code the top learnt alone while the levels below fade in
-(0 freezes it), so a lower level takes what the top does not hold instead of the top giving up identity for style.
+(0 freezes it). Meant to keep the top's identity while lower levels fade in; measured, it does not: the identity
+goes through the inference trunk g_1 .. g_{L-1} the lower levels share (docs/hierarchy.md).
 
 Free bits (Kingma et al. 2016, "Improved variational inference with inverse autoregressive flow"): level l's
 KL term in the loss is max(KL_l, lambda_l), KL_l averaged over the batch, so the first lambda_l nats of the

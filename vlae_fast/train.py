@@ -97,9 +97,9 @@ def make_optimizer(model: nn.Module, lr: float, top_group: bool = False) -> torc
     top_group: the top level's own parameters in a second group, whose lr the loop sets (--top-lr)."""
     if not top_group:
         return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
-    top = {id(p) for p in model.top_level_parameters()}
-    rest = [p for p in model.parameters() if id(p) not in top]
-    return torch.optim.Adam([{"params": rest}, {"params": model.top_level_parameters()}], lr=lr, fused=True)
+    top = model.top_level_parameters()
+    rest = [p for p in model.parameters() if all(p is not q for q in top)]
+    return torch.optim.Adam([{"params": rest}, {"params": top}], lr=lr, fused=True)
 
 
 def keep_fused(optimizer: torch.optim.Optimizer) -> None:
