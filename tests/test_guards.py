@@ -14,7 +14,7 @@ from vlae_fast.checkpoint import read_checkpoint, save_checkpoint
 from vlae_fast.cli.app import app
 from vlae_fast.data.download import download
 from vlae_fast.errors import DataError, TrainingStopped
-from vlae_fast.guards import NonFiniteGuard
+from vlae_fast.guards import NonFiniteGuard, grad_norm
 from vlae_fast.models import build_model, make_config
 from vlae_fast.train import TrainConfig, make_optimizer, make_step, train
 
@@ -33,7 +33,9 @@ def test_guard_clips_and_flags_non_finite_on_the_device():
     loss = 1e3 * (out.recon.mean() + out.kl.sum())  # a large gradient
     loss.backward()
     before = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
-    assert guard.check(model, loss, grad_clip=0.0) == before and guard.tripped() is None
+    exact = torch.stack([p.grad.double().norm() for p in model.parameters()]).norm()
+    assert guard.check(model, loss, grad_clip=0.0).item() == pytest.approx(exact.item(), rel=1e-5)
+    assert guard.tripped() is None
     guard.check(model, loss, grad_clip=0.5)
     after = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
     assert before > 1 and after == pytest.approx(0.5, rel=1e-4) and guard.found_inf == 0, (before, after)
@@ -44,6 +46,25 @@ def test_guard_clips_and_flags_non_finite_on_the_device():
     guard.step_t.fill_(8)  # a later bad step does not overwrite the first one's report
     guard.check(model, loss.detach() * float("nan"), grad_clip=1.0)
     assert guard.tripped()[0] == 7 and guard.found_inf == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grad_norm_is_the_global_norm_and_sees_any_non_finite_entry(seed):
+    """guards.grad_norm (dot products on the CPU) against the float64 norm, on odd shapes and a non-contiguous
+    gradient; one nan, inf or -inf anywhere makes it non-finite."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(7,), (33, 5), (3, 1, 4, 4), (1000, 17), (1,)]
+    grads = [torch.randn(s, generator=gen) * 10 ** torch.randint(-3, 3, (), generator=gen).item() for s in shapes]
+    grads.append(torch.randn(9, 12, generator=gen).t())  # non-contiguous
+    exact = torch.stack([g.double().norm() for g in grads]).norm().item()
+    assert grad_norm(grads, torch.device("cpu")).item() == pytest.approx(exact, rel=1e-6)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        i = torch.randint(len(grads), (), generator=gen).item()
+        poisoned = [g.clone() for g in grads]
+        flat = torch.randint(poisoned[i].numel(), (), generator=gen)
+        poisoned[i][torch.unravel_index(flat, poisoned[i].shape)] = bad
+        assert not torch.isfinite(grad_norm(poisoned, torch.device("cpu"))), (bad, i)
+    assert grad_norm([], torch.device("cpu")).item() == 0.0
 
 
 @pytest.mark.parametrize("poison", ["loss", "gradient"])

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from vlae_fast.kernels import ladder_linear_torch, reparam_kl_torch
-from vlae_fast.models import VLAE, VLAEConfig, default_config
+from vlae_fast.models import VLAE, VLAEConfig, build_model, default_config
+from vlae_fast.models.blocks import ToImage
 from vlae_fast.models.likelihood import neg_log_likelihood
 from vlae_fast.errors import ConfigError
 from vlae_fast.train import TrainConfig, batch_indices, kl_weight, train
@@ -66,6 +67,30 @@ def test_reference_ops():
     mu, lv = torch.randn(6, 3), torch.randn(6, 3)
     z, kl = reparam_kl_torch(mu, lv, torch.zeros(6, 3))
     assert torch.equal(z, mu) and kl.shape == (6,)
+
+
+@pytest.mark.parametrize("c_in, c_out, hw, batch", [(64, 1, 14, 100), (5, 3, 7, 3), (2, 1, 9, 1), (16, 2, 11, 13)])
+def test_to_image_matches_conv_transpose_in_values_and_gradients(c_in, c_out, hw, batch):
+    """f_0's last layer on the CPU (ATen's transposed convolution, not oneDNN's) against nn.ConvTranspose2d with the
+    same weights: output, and gradients of input, weight and bias; same state-dict keys, so old checkpoints load."""
+    torch.manual_seed(c_in * 100 + hw)
+    mine, ref = ToImage(c_in, c_out), torch.nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)
+    ref.load_state_dict(mine.state_dict())
+    assert mine.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randn(batch, c_in, hw, hw)
+    outs, grads = [], []
+    for m in (mine, ref):
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        (y * torch.linspace(-1, 2, y.numel()).view_as(y)).sum().backward()
+        outs.append(y.detach())
+        grads.append([xi.grad, m.weight.grad, m.bias.grad])
+    assert outs[0].shape == (batch, c_out, 2 * hw, 2 * hw)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    for name in ("vlae", "hvae"):  # the MNIST models end in it
+        assert isinstance(build_model(default_config("mnist", name)).f0[-1], ToImage), name
 
 
 def test_config_validation():

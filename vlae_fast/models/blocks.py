@@ -28,6 +28,24 @@ def deconv_bn(c_in: int, c_out: int, activation: str = "relu") -> nn.Sequential:
     return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), act(activation))
 
 
+class ToImage(nn.ConvTranspose2d):
+    """f_0's last layer: a 4x4 stride-2 transposed convolution to the image's C channels (the logits).
+
+    On the CPU it runs ATen's own kernel (slow_conv_transpose2d) instead of oneDNN's, which is slow for so few
+    output channels: MNIST's 64 -> 1 at batch 100 on 2 threads took 4.6 ms forward + backward against 14.2 ms
+    (bench/README.md). The same parameters and state-dict keys as nn.ConvTranspose2d, which it is on CUDA, under
+    autocast and under torch.compile (which lowers the convolution itself)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(c_in, c_out, 4, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+            return super().forward(x)
+        return torch.ops.aten.slow_conv_transpose2d(x, self.weight, self.kernel_size, self.bias, self.stride,
+                                                    self.padding, self.output_padding, self.dilation)
+
+
 class GaussianHead(nn.Module):
     """mu_l(h_l), sigma_l(h_l) of eq. 13, returned as (mu, logvar) for the fused reparam + KL op.
 

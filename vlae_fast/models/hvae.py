@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from vlae_fast.kernels import reparam_kl
 
 from .base import LatentModel, Output, gaussian_log_density
-from .blocks import GaussianHead, conv_bn, deconv_bn, fc_bn
+from .blocks import GaussianHead, ToImage, conv_bn, deconv_bn, fc_bn
 from .config import ModelConfig
 
 
@@ -74,7 +74,7 @@ class HVAE(LatentModel):
         self.p = nn.ModuleList(GaussianHead(Hd, d) for d in dims[:-1])
         # f_0: z_1 -> a c2 x H/4 x W/4 map -> two stride-1/2 transposed convolutions -> image logits
         self.f0 = nn.Sequential(fc_bn(self.decoder_width(), d_feat, "relu"), nn.Unflatten(1, self.feat_shape),
-                                deconv_bn(c2, c1), nn.ConvTranspose2d(c1, C, 4, 2, 1))
+                                deconv_bn(c2, c1), ToImage(c1, C))
         self.log_sigma = nn.Parameter(torch.tensor(math.log(cfg.output_scale))) if cfg.learn_scale else None
 
     # --- what each network reads: the Markov HVAE's choices (the LVAE and the autoregressive HVAE change them) ---

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from vlae_fast.kernels import reparam_kl_multi
 
 from .base import LatentModel, Output, gaussian_log_density
-from .blocks import GaussianHead, LadderJoin, conv_bn, deconv_bn, fc_bn
+from .blocks import GaussianHead, LadderJoin, ToImage, conv_bn, deconv_bn, fc_bn
 from .config import ModelConfig
 
 
@@ -104,7 +104,7 @@ class VLAE(FlatPriorLadder):
             nn.Sequential(fc_bn(Hd, Hd, "relu"), nn.Linear(Hd, Hd)) if l > 1 else nn.Identity() for l in range(1, L)
         )
         # f_0: z~_1 (a c2 x H/4 x W/4 map) -> image logits (eq. 10)
-        self.f0 = nn.Sequential(deconv_bn(c2, c1), nn.ConvTranspose2d(c1, C, 4, 2, 1))
+        self.f0 = nn.Sequential(deconv_bn(c2, c1), ToImage(c1, C))
 
     # --- the two halves -------------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
