@@ -21,7 +21,7 @@ from vlae_fast.train import TrainConfig, evaluate as evaluate_model, train as ru
 from . import explore as explore_cli
 from .evaluate import compare as compare_cmd, eval_run as eval_cmd
 
-from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Anneal, Dataset, Feed, Group, Init, Join, Kernels,
+from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Anneal, Dataset, Feed, Group, Init, Join, Kernels, TopEncoder,
                      Likelihood, Model, Precision, Recipe, Schedule, Split, code_widths, err, fail, flag, given, kl_factors, parse_factors, free_bits_option, parse_nats, kl_targets, parse_targets, load, out, parse_dims, positive,
                      print_json, user_errors, value)
 
@@ -105,6 +105,10 @@ def train(
     output: Optional[Likelihood] = typer.Option(None, hidden=True, help="Deprecated name of --likelihood."),
     join: Optional[Join] = typer.Option(None, help="Ladder join (vlae only): concat (eq. 11, the default) or "
                                         "gated_add (authors' MNIST code)."),
+    top_encoder: Optional[TopEncoder] = typer.Option(None, help="MNIST ladder (vlae): shared (eq. 12, the default: "
+                                                     "every level's code read off one inference trunk) or separate "
+                                                     "(the top level reads x through its own copy of the trunk, so "
+                                                     "the lower levels' training cannot move it; docs/hierarchy.md)."),
     hidden: Optional[int] = typer.Option(None, min=8, help="Width of the fully-connected blocks (1024: the authors' "
                                          "and the paper recipe's; 512: the hierarchy recipe's, docs/hierarchy.md)."),
     gate_init: Optional[float] = typer.Option(None, min=0, help="--join gated_add: the starting value of the gate g in "
@@ -206,7 +210,7 @@ def train(
         one_dir = [] if out_dir or resume else ["--out", str(default_run_dir(value(dataset), value(model)))]
         raise typer.Exit(code=distributed.launch(nproc, sys.argv[1:] + one_dir))  # same run folder for all ranks
     options = {**ctx.params, "dataset": value(dataset), "model": value(model), "likelihood": value(likelihood),
-               "join": value(join), "kernels": value(kernels), "precision": value(precision),
+               "join": value(join), "top_encoder": value(top_encoder), "kernels": value(kernels), "precision": value(precision),
                "kl_scale": parse_factors(kl_scale), "free_bits": parse_nats(free_bits),
                "kl_target": parse_targets(kl_target), "recipe": value(recipe), "kl_anneal": value(kl_anneal), "schedule": value(schedule),
                "latent_dims": parse_dims(latent_dim)}

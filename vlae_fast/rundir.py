@@ -27,7 +27,7 @@ RUN_FILES = (CKPT_NAME, METRICS_NAME, SETTINGS_NAME, TENSORBOARD_NAME)  # what -
 
 # The model and data options of `vlae train`, fixed for the life of a run (a resumed run takes them from
 # its checkpoint), as the command line spells them.
-MODEL_OPTIONS = ("model", "layers", "latent_dim", "likelihood", "join", "hidden", "batch_size", "warmup", "seed",
+MODEL_OPTIONS = ("model", "layers", "latent_dim", "likelihood", "join", "top_encoder", "hidden", "batch_size", "warmup", "seed",
                  "train_limit", "image_size", "grayscale", "rgb", "svhn_extra", "precision", "recipe", "kl_anneal",
                  "schedule", "stage_steps", "fade_steps", "pre_kl", "first_kl", "input_noise", "free_bits",
                  "level_warmup", "gate_init", "kl_target", "kl_target_rate", "kl_target_start", "top_lr")
@@ -137,6 +137,9 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
     if o.get("join") is not None and model in REGISTRY and not takes_option(model, "join"):
         raise ConfigError(f"--join applies to ladder models (vlae) only; the {model} model has no ladder join, "
                           "so drop --join")
+    if o.get("top_encoder") is not None and model in REGISTRY and not takes_option(model_for(dataset, model), "top_encoder"):
+        raise ConfigError(f"--top-encoder applies to the MNIST ladder (vlae) only; the {model_for(dataset, model)} model "
+                          "has no such option, so drop --top-encoder")
     run_dir = Path(out) if out is not None else default_run_dir(dataset, model)
     color = "grayscale" if o.get("grayscale") else "rgb" if o.get("rgb") else None
     opts = data_options(dataset, o.get("image_size"), color, bool(o.get("svhn_extra")))
@@ -151,7 +154,7 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
     if o.get("free_bits") is not None:
         r.pop("kl_target", None)  # a level's KL is free up to a budget or held at a target: --free-bits drops the target
     o = {**{k: v for k, v in r.items()}, **{k: v for k, v in o.items() if v is not None}}  # given options win
-    model_extra = {k: o[k] for k in ("join", "hidden") if o.get(k) is not None and takes_option(model, k)}
+    model_extra = {k: o[k] for k in ("join", "hidden", "top_encoder") if o.get(k) is not None and takes_option(model, k)}
     model_cfg = default_config(dataset, model, o.get("layers"), o.get("latent_dims"),
                                output=o.get("likelihood") or "gaussian", image_shape=shape, **model_extra)
     d = TrainConfig
@@ -180,6 +183,8 @@ def settings_of(model_cfg, cfg: TrainConfig) -> dict:
     s = {"dataset": cfg.dataset, "model": model_cfg.model, "layers": len(dims),
          "latent-dim": ",".join(str(d) for d in dims), "likelihood": model_cfg.output,
          "join": getattr(model_cfg, "join", None) if takes_option(model_cfg.model, "join") else None,
+         "top-encoder": getattr(model_cfg, "top_encoder", "shared") if getattr(model_cfg, "top_encoder", "shared") != "shared"
+                        else None,
          "steps": cfg.steps, "batch-size": cfg.batch_size, "lr": cfg.lr, "warmup": cfg.warmup, "seed": cfg.seed,
          "grad-clip": cfg.grad_clip, "save-every": cfg.save_every, "log-every": cfg.log_every,
          "data-dir": cfg.data_dir, "train-limit": cfg.train_limit, "eval-limit": cfg.eval_limit,

@@ -32,6 +32,7 @@ class VLAEConfig(ModelConfig):
     latent_dims: tuple[int, ...] = (2, 2, 2)  # d_l bottom first; authors' MNIST: 3 levels x 2-d
     channels: tuple[int, int] = (64, 128)  # widths of g_1's two convolutions (authors' cs[1:3])
     join: str = "concat"  # eq. 11's concatenation; 'gated_add' = the authors' MNIST code
+    top_encoder: str = "shared"  # 'separate': the top level reads x through its own copy of g_1..g_L (not eq. 12)
 
     DIVISIBLE_BY = 4  # g_1's two stride-2 convolutions
 
@@ -40,6 +41,11 @@ class VLAEConfig(ModelConfig):
         self.channels = tuple(int(c) for c in self.channels)
         if self.join not in ("concat", "gated_add"):
             raise ValueError(f"join must be 'concat' or 'gated_add'; got {self.join!r}")
+        if self.top_encoder not in ("shared", "separate"):
+            raise ValueError(f"top_encoder must be 'shared' or 'separate'; got {self.top_encoder!r}")
+        if self.top_encoder == "separate" and self.layers < 2:
+            raise ValueError("top_encoder 'separate' gives the top level its own inference path apart from the levels "
+                             "below; a 1-level model has none below, so use 'shared'")
 
 
 class FlatPriorLadder(LatentModel):
@@ -67,8 +73,10 @@ class FlatPriorLadder(LatentModel):
 
     def top_level_parameters(self) -> list[nn.Parameter]:
         """The parameters that serve the top level alone: its inference block g_L and head q_L, its generator f_L
-        (both ladders name them g[-1], q[-1], f_top). `--top-lr` slows them after the top's stage (schedule.py)."""
-        return [p for m in (self.g[-1], self.q[-1], self.f_top) for p in m.parameters()]
+        (both ladders name them g[-1], q[-1], f_top; with a separate top encoder, its whole path g_top). `--top-lr`
+        slows them after the top's stage (schedule.py)."""
+        g_top = self.g_top if getattr(self, "g_top", None) is not None else self.g[-1]
+        return [p for m in (g_top, self.q[-1], self.f_top) for p in m.parameters()]
 
     def log_weight(self, x: Tensor, z: list[Tensor] | None = None) -> Tensor:
         """log r(x | z) + log N(z; 0, I) - log q(z | x) at one z ~ q(z | x), or at the given codes: [B]."""
@@ -90,9 +98,15 @@ class VLAE(FlatPriorLadder):
         d_feat = c2 * (H // 4) * (W // 4)
 
         # inference: g_1 convolutional, g_l (l >= 2) two fully-connected blocks each (eq. 12)
-        g = [nn.Sequential(conv_bn(C, c1), conv_bn(c1, c2), nn.Flatten())]
-        g += [nn.Sequential(fc_bn(d_feat if l == 2 else Hd, Hd), fc_bn(Hd, Hd)) for l in range(2, L + 1)]
-        self.g = nn.ModuleList(g)
+        def trunk(levels: int) -> list[nn.Module]:  # g_1 .. g_levels
+            g = [nn.Sequential(conv_bn(C, c1), conv_bn(c1, c2), nn.Flatten())]
+            return g + [nn.Sequential(fc_bn(d_feat if l == 2 else Hd, Hd), fc_bn(Hd, Hd)) for l in range(2, levels + 1)]
+
+        self.separate_top = cfg.top_encoder == "separate"
+        self.g = nn.ModuleList(trunk(L - 1 if self.separate_top else L))
+        # top_encoder 'separate': h_L = g'_L(...g'_1(x)), a trunk of its own, so training the lower levels
+        # (which share g_1..g_{L-1}) cannot move the path to the top's code (docs/hierarchy.md)
+        self.g_top = nn.Sequential(*trunk(L)) if self.separate_top else None
         self.q = nn.ModuleList(GaussianHead(d_feat if l == 1 else Hd, d) for l, d in enumerate(cfg.latent_dims, 1))
 
         # generation: z~_L = f_L(z_L) (eq. 8); z~_l = u_l([z~_{l+1}; v_l(z_l)]) for l < L (eq. 9, 11)
@@ -113,6 +127,10 @@ class VLAE(FlatPriorLadder):
         for g_l, q_l in zip(self.g, self.q):
             h = g_l(h)  # h_l = g_l(h_{l-1})  (eq. 12)
             mu, logvar = q_l(h)  # (eq. 13)
+            mus.append(mu)
+            logvars.append(logvar)
+        if self.separate_top:  # the top level's own path from x
+            mu, logvar = self.q[-1](self.g_top(x))
             mus.append(mu)
             logvars.append(logvar)
         return mus, logvars
