@@ -350,3 +350,29 @@ def test_gate_init_starts_the_gated_join_at_the_given_value(tmp_path, mnist_dir)
     assert not (tmp_path / "concat").exists()
     r = CliRunner().invoke(app, args + ["--gate-init", "0", "--out", str(tmp_path / "zero")])
     assert r.exit_code == 2 and "--gate-init must be a number > 0" in r.output
+
+
+def test_top_encoder_separate_reaches_the_checkpoint_settings_and_resume(tmp_path, mnist_dir):
+    """--top-encoder separate: the checkpoint holds the top's own trunk (g_top) and a shared trunk without the top's
+    block, settings.toml repeats it, the loaded model encodes through it, and a resumed run keeps it."""
+    from safetensors import safe_open
+    from typer.testing import CliRunner
+    from vlae_fast.checkpoint import load_model
+    from vlae_fast.cli.app import app
+
+    args = ["train", "mnist", "--steps", "2", "--hidden", "32", "--train-limit", "40", "--batch-size", "20",
+            "--eval-limit", "20", "--data-dir", str(mnist_dir), "--device", "cpu", "--no-progress"]
+    r = CliRunner().invoke(app, args + ["--top-encoder", "separate", "--out", str(tmp_path / "sep")])
+    assert r.exit_code == 0, r.output
+    with safe_open(str(tmp_path / "sep" / "ckpt.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert any(k.startswith("model.g_top.2.") for k in keys) and not any(k.startswith("model.g.2.") for k in keys)
+    assert any(k.startswith("model.g.1.") for k in keys)
+    assert 'top-encoder = "separate"' in (tmp_path / "sep" / "settings.toml").read_text()
+    model = load_model(tmp_path / "sep" / "ckpt.safetensors")[0]
+    assert model.cfg.top_encoder == "separate" and model.g_top is not None
+    r = CliRunner().invoke(app, ["train", "mnist", "--resume", str(tmp_path / "sep"), "--steps", "3", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert load_model(tmp_path / "sep" / "ckpt.safetensors")[0].cfg.top_encoder == "separate"
+    r = CliRunner().invoke(app, args + ["--out", str(tmp_path / "shared")])  # the default: eq. 12's one trunk
+    assert r.exit_code == 0 and "top-encoder" not in (tmp_path / "shared" / "settings.toml").read_text()

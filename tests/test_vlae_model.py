@@ -132,3 +132,32 @@ def test_loss_falls_on_real_mnist(tmp_path, mnist_dir):
     assert sum(recon[-2:]) / 2 < 0.7 * sum(recon[:2]) / 2  # reconstruction improves clearly
     assert math.isfinite(result["elbo"]) and result["images"] == 200
     assert lines[-1]["test"]["elbo"] == pytest.approx(result["elbo"])
+
+
+def test_separate_top_encoder_reads_x_through_its_own_trunk():
+    """--top-encoder separate: mu_L, logvar_L come from g_top (a whole trunk of its own) and q_L alone; the lower levels'
+    codes from the shared g_1..g_{L-1}; neither path's parameters get gradient from the other's outputs."""
+    torch.manual_seed(1)
+    cfg = VLAEConfig(latent_dims=(2, 3, 2), channels=(4, 8), hidden=16, top_encoder="separate")
+    m = VLAE(cfg)
+    assert len(m.g) == 2 and len(m.g_top) == 3  # the shared trunk stops below the top; the top's goes from x up
+    x = torch.rand(7, 1, 28, 28)
+    mus, logvars = m.encode(x)
+    assert [mu.shape for mu in mus] == [(7, 2), (7, 3), (7, 2)]
+    assert torch.equal(mus[-1], m.q[-1](m.g_top(x))[0])
+    shared = [p for n, p in m.named_parameters() if n.startswith("g.")]
+    own = [p for n, p in m.named_parameters() if n.startswith("g_top.")]
+    top_grads = torch.autograd.grad(mus[-1].sum() + logvars[-1].sum(), shared + own, allow_unused=True)
+    assert all(g is None for g in top_grads[:len(shared)]) and all(g is not None for g in top_grads[len(shared):])
+    low_grads = torch.autograd.grad(sum(mu.sum() for mu in mus[:-1]), shared + own, allow_unused=True)
+    assert all(g is not None for g in low_grads[:len(shared)]) and all(g is None for g in low_grads[len(shared):])
+    top = {id(p) for p in m.top_level_parameters()}  # --top-lr slows the whole path to the top, not the shared trunk
+    assert {n for n, p in m.named_parameters() if id(p) in top} == \
+        {n for n, _ in m.named_parameters() if n.startswith(("g_top.", "q.2.", "f_top."))}
+    out = m(x)
+    assert out.logits.shape == x.shape and out.kl.shape == (7, 3)
+    assert VLAE(VLAEConfig(latent_dims=(2, 2))).g_top is None  # shared: eq. 12 as before
+    with pytest.raises(ValueError, match="1-level"):
+        VLAEConfig(latent_dims=(2,), top_encoder="separate")
+    with pytest.raises(ValueError, match="top_encoder"):
+        VLAEConfig(top_encoder="own")
