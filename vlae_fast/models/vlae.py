@@ -36,6 +36,14 @@ class VLAEConfig(ModelConfig):
 
     DIVISIBLE_BY = 4  # g_1's two stride-2 convolutions
 
+    def to_dict(self) -> dict:
+        """As stored in a checkpoint; the default top_encoder is left out, so a shared-trunk model's metadata is what it
+        was before the option existed (and older versions of the library still read it)."""
+        d = super().to_dict()
+        if d["top_encoder"] == "shared":
+            del d["top_encoder"]
+        return d
+
     def __post_init__(self):
         super().__post_init__()
         self.channels = tuple(int(c) for c in self.channels)
