@@ -69,6 +69,10 @@ def run_dir(tmp_path_factory, mnist_dir) -> Path:
     (["train", "cifar10"], "'cifar10' is not one of"),
     (["train", "mnist", "--model", "hvae", "--join", "gated_add"], "--join applies to ladder models"),
     (["train", "mnist", "--top-encoder", "own"], "--top-encoder"),
+    (["train", "mnist", "--lr-decay", "step"], "--lr-decay"),
+    (["train", "mnist", "--lr-decay", "cosine", "--lr-decay-start", "6000"], "--lr-decay-start 6000 must be a step"),
+    (["train", "mnist", "--lr-decay", "cosine", "--compile", "--data-dir", "{mnist}", "--steps", "2", "--train-limit",
+      "40", "--eval-limit", "20", "--hidden", "16"], "drop --compile or --lr-decay"),  # small, should the check break
     (["train", "mnist", "--model", "hvae", "--top-encoder", "separate"], "--top-encoder applies to the MNIST ladder"),
     (["train", "mnist", "--layers", "1", "--top-encoder", "separate"], "a 1-level model has none below"),
     (["train", "folder", "--grayscale", "--rgb"], "--grayscale and --rgb"),
@@ -87,9 +91,9 @@ def run_dir(tmp_path_factory, mnist_dir) -> Path:
     (["gibbs", "{ckpt}", "--init", "zeros"], "--init"),
     (["gibbs", "{ckpt}", "--feed", "mode"], "--feed"),
 ])
-def test_each_bad_value_names_its_option_and_exits_2(tmp_path, tiny_ckpt, args, option, monkeypatch):
+def test_each_bad_value_names_its_option_and_exits_2(tmp_path, tiny_ckpt, mnist_dir, args, option, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where a default run folder would appear
-    r = runner.invoke(app, [a.format(tmp=tmp_path, ckpt=tiny_ckpt) for a in args], env={"COLUMNS": "300"})
+    r = runner.invoke(app, [a.format(tmp=tmp_path, ckpt=tiny_ckpt, mnist=mnist_dir) for a in args], env={"COLUMNS": "300"})
     assert r.exit_code == 2, r.output
     assert option in r.output, r.output
     assert "Traceback" not in r.output

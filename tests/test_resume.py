@@ -44,7 +44,8 @@ def wait_for_lines(run: Path, proc: subprocess.Popen, n: int, timeout: float = 2
 
 RECIPES = {"paper": ["--recipe", "paper"],  # the top level alone for steps 1-3, the bottom one fading in over 4-5:
            "hierarchy": ["--recipe", "hierarchy", "--warmup", "2", "--fade-steps", "2",  # kills land mid-stage;
-                         "--top-lr", "0.5"]}  # the top's slower lr from step 4 on: a second Adam group
+                         "--top-lr", "0.5",  # the top's slower lr from step 4 on: a second Adam group,
+                         "--lr-decay", "cosine", "--lr-decay-start", "1"]}  # and every lr decaying from step 1
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Progressive training and KL annealing (schedule.py): the fade-in curve, which parameters learn in
 each stage, the per-level KL weights the loop applies, the recipes, and the options it refuses."""
 import json
+import math
 
 import pytest
 import torch
@@ -376,3 +377,45 @@ def test_top_encoder_separate_reaches_the_checkpoint_settings_and_resume(tmp_pat
     assert load_model(tmp_path / "sep" / "ckpt.safetensors")[0].cfg.top_encoder == "separate"
     r = CliRunner().invoke(app, args + ["--out", str(tmp_path / "shared")])  # the default: eq. 12's one trunk
     assert r.exit_code == 0 and "top-encoder" not in (tmp_path / "shared" / "settings.toml").read_text()
+
+
+def test_lr_decay_cosine_sets_every_groups_lr_in_the_loop(tmp_path, mnist_dir, monkeypatch):
+    """--lr-decay cosine: 1 before --lr-decay-start, then (1 + cos(pi (t - s) / (T - s))) / 2 on every group, times
+    --top-lr's factor on the top's group; checked against the closed form and in train()'s own loop (the lr each step
+    ran with), with metrics.jsonl logging it; a resumed run goes on along the same curve."""
+    cfg = progressive(stage_steps=10, fade_steps=4, warmup=5, lr_decay="cosine", lr_decay_start=10)
+    assert [schedule.lr_factor(t, cfg) for t in (0, 9, 10)] == [1.0, 1.0, 1.0]
+    assert schedule.lr_factor(20, cfg) == pytest.approx(0.5) and schedule.lr_factor(25, cfg) == pytest.approx(
+        (1 + math.cos(math.pi * 15 / 20)) / 2)
+    f = [schedule.lr_factor(t, cfg) for t in range(10, 30)]
+    assert all(a > b for a, b in zip(f, f[1:])) and 0 < f[-1] < 0.01  # falls every step, to ~0 at the last
+    assert schedule.lr_factor(25, progressive(stage_steps=10, fade_steps=4, warmup=5)) == 1.0  # no decay: constant
+
+    seen = []
+
+    def recording(net, model, optimizer, *a, **kw):
+        step = make_step(net, model, optimizer, *a, **kw)
+
+        def run(x, w, eps):
+            seen.append([g["lr"] for g in optimizer.param_groups])
+            return step(x, w, eps)
+        return run
+
+    monkeypatch.setattr("vlae_fast.train.make_step", recording)
+    m = default_config("mnist", "vlae", latent_dims=[2, 2, 2], hidden=32, join="gated_add")
+    run = TrainConfig(steps=8, schedule="progressive", kl_anneal="exp", warmup=2, stage_steps=3, fade_steps=1,
+                      top_lr=0.5, lr_decay="cosine", lr_decay_start=2, lr=1e-3, batch_size=20, train_limit=100,
+                      eval_limit=40, data_dir=str(mnist_dir), device="cpu", save_every=0, log_every=1)
+    train(m, run, tmp_path / "run", show_progress=False)
+    d = [1, 1] + [(1 + math.cos(math.pi * (t - 2) / 6)) / 2 for t in range(2, 8)]
+    want = [[1e-3 * d[t], 1e-3 * d[t] * (1 if t < 3 else 0.5)] for t in range(8)]
+    assert seen == [pytest.approx(w, rel=1e-12) for w in want]
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["lr"] for l in lines if "lr" in l] == pytest.approx([w[0] for w in want], rel=1e-12)
+    assert 'lr-decay = "cosine"' in (tmp_path / "run" / "settings.toml").read_text()
+    seen.clear()  # resumed with two more steps: the rest of the curve now ends at step 10
+    model_cfg, more, ckpt = plan_resume(tmp_path / "run", steps=10)
+    assert more.lr_decay == "cosine" and more.lr_decay_start == 2
+    train(model_cfg, more, tmp_path / "run", show_progress=False, start=ckpt)
+    assert seen == [pytest.approx([1e-3 * f, 0.5e-3 * f], rel=1e-12)
+                    for f in ((1 + math.cos(math.pi * (t - 2) / 8)) / 2 for t in (8, 9))]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
-from .schedule import ANNEALS, SCHEDULES
+from .schedule import ANNEALS, LR_DECAYS, SCHEDULES
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -45,12 +45,15 @@ class TrainConfig:
     kl_target_start: int = 0  # the step from which the controller moves; before it every lambda is 1
     top_lr: float = 1.0  # progressive: a factor on the lr of the top level's own modules once its stage is over (schedule.py)
     level_warmup: float = 0.0  # progressive: > 0, each lower level's KL weight warms up anew from its start (schedule.py)
+    lr_decay: str = "none"  # none | cosine: every group's lr falls along a half cosine to 0 at the last step (schedule.py)
+    lr_decay_start: int = 0  # the step from which the decay runs
     gate_init: float | None = None  # gated_add join: the gate g's starting value in W(a + g b); None = the block's 0.1
 
     def __post_init__(self):
         if self.warmup is None:  # fixed now, so a resumed run with more --steps keeps the same schedule
             self.warmup = self.steps / 2 if self.kl_anneal == "linear" else self.steps / 6
-        for name, value, allowed in (("kl-anneal", self.kl_anneal, ANNEALS), ("schedule", self.schedule, SCHEDULES)):
+        for name, value, allowed in (("kl-anneal", self.kl_anneal, ANNEALS), ("schedule", self.schedule, SCHEDULES),
+                                     ("lr-decay", self.lr_decay, LR_DECAYS)):
             if value not in allowed:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}; got {value!r}")
         if (self.stage_steps or 0) < 0 or (self.fade_steps or 0) < 0 or self.pre_kl < 0 or self.first_kl < 0:
@@ -61,6 +64,9 @@ class TrainConfig:
         if self.top_lr != 1 and self.schedule != "progressive":
             raise ConfigError(f"--top-lr {self.top_lr:g} slows the top level once its stage of progressive training is "
                               "over; this run has no stages, so drop --top-lr or add --schedule progressive")
+        if self.lr_decay != "none" and not 0 <= self.lr_decay_start < self.steps:
+            raise ConfigError(f"--lr-decay-start {self.lr_decay_start} must be a step in the run, 0 to --steps - 1 "
+                              f"({self.steps - 1}), so the decay has steps to run over")
         if self.level_warmup < 0:
             raise ConfigError(f"--level-warmup is a number of steps and must be >= 0; got {self.level_warmup:g}")
         if self.kl_target_start < 0:

@@ -30,7 +30,8 @@ RUN_FILES = (CKPT_NAME, METRICS_NAME, SETTINGS_NAME, TENSORBOARD_NAME)  # what -
 MODEL_OPTIONS = ("model", "layers", "latent_dim", "likelihood", "join", "top_encoder", "hidden", "batch_size", "warmup", "seed",
                  "train_limit", "image_size", "grayscale", "rgb", "svhn_extra", "precision", "recipe", "kl_anneal",
                  "schedule", "stage_steps", "fade_steps", "pre_kl", "first_kl", "input_noise", "free_bits",
-                 "level_warmup", "gate_init", "kl_target", "kl_target_rate", "kl_target_start", "top_lr")
+                 "level_warmup", "gate_init", "kl_target", "kl_target_rate", "kl_target_start", "top_lr",
+                 "lr_decay", "lr_decay_start")
 
 
 @dataclass
@@ -171,7 +172,8 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
                       compile=bool(o.get("compile")), precision=o.get("precision") or d.precision, recipe=recipe,
                       **{k: o[k] for k in ("kl_anneal", "schedule", "stage_steps", "fade_steps", "pre_kl", "first_kl",
                                            "input_noise", "kl_scale", "free_bits", "level_warmup", "gate_init", "kl_target",
-                                           "kl_target_rate", "kl_target_start", "top_lr") if k in o})
+                                           "kl_target_rate", "kl_target_start", "top_lr", "lr_decay", "lr_decay_start")
+                         if k in o})
     return RunPlan(model_cfg, cfg, None, run_dir)
 
 
@@ -198,7 +200,9 @@ def settings_of(model_cfg, cfg: TrainConfig) -> dict:
          "free-bits": ",".join(f"{b:g}" for b in cfg.free_bits) if cfg.free_bits and any(cfg.free_bits) else None,
          "kl-target": ",".join(f"{t:g}" for t in cfg.kl_target) if cfg.kl_target else None,
          "kl-target-rate": cfg.kl_target_rate if cfg.kl_target else None,
-         "kl-target-start": cfg.kl_target_start if cfg.kl_target and cfg.kl_target_start else None}
+         "kl-target-start": cfg.kl_target_start if cfg.kl_target and cfg.kl_target_start else None,
+         "lr-decay": cfg.lr_decay if cfg.lr_decay != "none" else None,
+         "lr-decay-start": cfg.lr_decay_start if cfg.lr_decay != "none" and cfg.lr_decay_start else None}
     if cfg.schedule == "progressive":
         s.update({"stage-steps": cfg.stage_steps, "fade-steps": cfg.fade_steps, "pre-kl": cfg.pre_kl,
                   "first-kl": cfg.first_kl if cfg.first_kl != 1 else None, "level-warmup": cfg.level_warmup or None,

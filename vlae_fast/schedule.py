@@ -22,6 +22,11 @@ generator f_L) from the end of its stage on: < 1 slows the code the top learnt a
 (0 freezes it). Meant to keep the top's identity while lower levels fade in; measured, it does not: the identity
 goes through the inference trunk g_1 .. g_{L-1} the lower levels share (docs/hierarchy.md).
 
+Learning-rate decay: lr_decay 'cosine' multiplies every parameter group's lr by
+    d(t) = 1                                            t < s  (s = lr_decay_start)
+    d(t) = (1 + cos(pi * (t - s) / (steps - s))) / 2    t >= s, falling to 0 after the last step
+(Loshchilov & Hutter 2017, without restarts); it multiplies top_lr's factor, not replaces it.
+
 Free bits (Kingma et al. 2016, "Improved variational inference with inverse autoregressive flow"): level l's
 KL term in the loss is max(KL_l, lambda_l), KL_l averaged over the batch, so the first lambda_l nats of the
 level's code cost nothing (train.make_step). The reported ELBO always uses KL_l itself.
@@ -32,6 +37,7 @@ import math
 
 ANNEALS = ("linear", "exp")
 SCHEDULES = ("plain", "progressive")
+LR_DECAYS = ("none", "cosine")
 
 
 def kl_weight(step: int, warmup: float, anneal: str = "linear") -> float:
@@ -66,6 +72,13 @@ def top_lr_factor(step: int, cfg, layers: int) -> float:
     if cfg.schedule != "progressive" or layers < 2 or step < level_start(layers - 1, layers, cfg.stage_steps):
         return 1.0
     return cfg.top_lr
+
+
+def lr_factor(step: int, cfg) -> float:
+    """The factor on every group's learning rate at `step` (lr_decay above): 1 without a decay or before its start."""
+    if cfg.lr_decay == "none" or step < cfg.lr_decay_start:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * (step - cfg.lr_decay_start) / (cfg.steps - cfg.lr_decay_start)))
 
 
 def weights(step: int, cfg, layers: int) -> tuple[list[float], list[float]]:

@@ -172,6 +172,9 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         raise ConfigError(f"--kl-anneal exp: --warmup {cfg.warmup:g} is the weight's time constant and must be at most "
                           f"--steps / 3 ({cfg.steps / 3:g}), so the run ends near the true objective (KL weight >= 0.95); "
                           "lower --warmup or raise --steps")
+    if cfg.lr_decay != "none" and cfg.compile:  # here, not in TrainConfig: a resumed run may add --compile
+        raise ConfigError("--lr-decay changes the learning rate every step, which would recompile a --compile'd step "
+                          "each time; drop --compile or --lr-decay")
     cfg.resolve_stages(model_cfg.layers)  # before anything stores cfg: the run's stages and per-level options are fixed
     if cfg.schedule == "progressive":
         need = schedule.progressive_length(model_cfg.layers, cfg.stage_steps, cfg.fade_steps)
@@ -273,8 +276,10 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                     for l, v in enumerate(new):
                         dest[l].fill_(v)  # a scalar fill: no host-device sync
             held = [ws, alphas]
-            if cfg.top_lr != 1:  # the top level's own group (make_optimizer): slower once its stage is over
-                optimizer.param_groups[1]["lr"] = cfg.lr * schedule.top_lr_factor(step, cfg, L)
+            if cfg.top_lr != 1 or cfg.lr_decay != "none":  # group 1 (with --top-lr): the top level's own modules
+                decay = schedule.lr_factor(step, cfg)
+                for i, group in enumerate(optimizer.param_groups):
+                    group["lr"] = cfg.lr * decay * (schedule.top_lr_factor(step, cfg, L) if i == 1 else 1.0)
             guard.step_t.fill_(step + 1)
             eps = None if cfg.noise_seed is None else [procs.shard(e) for e in explicit_noise(
                 cfg.noise_seed, step, cfg.batch_size, model_cfg.latent_dims, device)]  # the global batch's noise
@@ -292,6 +297,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                         "kl_weight": kl_weight(step, cfg.warmup, cfg.kl_anneal), "seconds": round(time.perf_counter() - t0, 2)}
                 if cfg.schedule == "progressive":
                     last.update(kl_weights=ws, fade=alphas)
+                if cfg.lr_decay != "none":
+                    last["lr"] = optimizer.param_groups[0]["lr"]
                 if control is not None:
                     last["kl_lambda"] = control.lam.tolist()  # the controller's factor on each level's KL weight
                 log.write(json.dumps(last) + "\n")
