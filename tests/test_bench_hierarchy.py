@@ -42,6 +42,13 @@ def test_table_from_reports_with_seeds(tmp_path):
     assert "| s0 | 0 | 0.20 / 0.30 / 0.80 |" in out and "| 10 | 5/5 |" in out and "4/5 (fails: identity" in out
     assert "0.75 ± 0.07" in out and "identity rises, top >= .75, bottom <= .35: holds on 1 of 2 runs" in out
     assert "over 2 runs, seeds 0, 1 (mean" in out
+    for i, (key, value) in enumerate((("top-encoder", "separate"), ("lr-decay", "cosine"), ("patch", "a monkeypatch"))):
+        r = json.loads(paths[0].read_text())  # the same recipe but one model or training option, or a patched loop:
+        r["run"]["settings"][key] = value  # a group of its own, not pooled with the recipe's runs
+        (tmp_path / f"x{i}.json").write_text(json.dumps(r))
+    out = subprocess.run([sys.executable, "bench/hierarchy.py", *map(str, paths), *map(str, tmp_path.glob("x*.json"))],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "over 2 runs, seeds 0, 1 (mean" in out and out.count(" runs, seeds ") == 1, out  # one-run groups: no summary
 
 
 def test_within_class_variance_leaves_out_the_class_changes():
