@@ -21,7 +21,7 @@ from vlae_fast.train import TrainConfig, evaluate as evaluate_model, train as ru
 from . import explore as explore_cli
 from .evaluate import compare as compare_cmd, eval_run as eval_cmd
 
-from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Anneal, Dataset, Feed, Group, Init, Join, Kernels, LrDecay, TopEncoder,
+from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Anneal, Dataset, Feed, Group, Init, Join, Kernels, LrDecay, TopEncoder, TopLrScope,
                      Likelihood, Model, Precision, Recipe, Schedule, Split, code_widths, err, fail, flag, given, kl_factors, parse_factors, free_bits_option, parse_nats, kl_targets, parse_targets, load, out, parse_dims, positive,
                      print_json, user_errors, value)
 
@@ -144,6 +144,11 @@ def train(
                                            "stage is over (default 1; 0 freezes them). Measured on MNIST it does not keep "
                                            "the top's identity, which goes through the encoder trunk the levels "
                                            "below share (docs/hierarchy.md)."),
+    top_lr_scope: Optional[TopLrScope] = typer.Option(None, help="--top-lr: all (the default) slows the top's "
+                                                      "inference path and its generator f_L; inference slows the "
+                                                      "path alone (with --top-encoder separate, its own trunk), so "
+                                                      "the code z_L(x) stays as its stage left it while f_L keeps "
+                                                      "learning."),
     lr_decay: Optional[LrDecay] = typer.Option(None, help="Learning-rate schedule: none (constant --lr, the default) "
                                                "or cosine (from --lr-decay-start on, every lr falls along a half "
                                                "cosine to 0 at --steps; a resumed run given more --steps stretches "
@@ -217,7 +222,7 @@ def train(
         one_dir = [] if out_dir or resume else ["--out", str(default_run_dir(value(dataset), value(model)))]
         raise typer.Exit(code=distributed.launch(nproc, sys.argv[1:] + one_dir))  # same run folder for all ranks
     options = {**ctx.params, "dataset": value(dataset), "model": value(model), "likelihood": value(likelihood),
-               "join": value(join), "top_encoder": value(top_encoder), "lr_decay": value(lr_decay), "kernels": value(kernels), "precision": value(precision),
+               "join": value(join), "top_encoder": value(top_encoder), "lr_decay": value(lr_decay), "top_lr_scope": value(top_lr_scope), "kernels": value(kernels), "precision": value(precision),
                "kl_scale": parse_factors(kl_scale), "free_bits": parse_nats(free_bits),
                "kl_target": parse_targets(kl_target), "recipe": value(recipe), "kl_anneal": value(kl_anneal), "schedule": value(schedule),
                "latent_dims": parse_dims(latent_dim)}

@@ -267,6 +267,45 @@ def test_top_lr_slows_only_the_top_levels_own_parameters_after_its_stage(tmp_pat
         TrainConfig(schedule="progressive", top_lr=-1)
 
 
+def test_top_lr_scope_inference_freezes_the_tops_code_but_not_its_generator(tmp_path, mnist_dir, monkeypatch):
+    """--top-lr-scope inference: --top-lr acts on the top's inference path (with a separate top encoder its own
+    trunk g_top and head q_L) and f_L keeps learning; checked in train()'s own loop with --top-lr 0."""
+    m_cfg = make_config({"model": "vlae", "latent_dims": [2, 2, 2], "channels": [4, 8], "hidden": 16,
+                         "top_encoder": "separate"})
+    model = build_model(m_cfg)
+    is_path = lambda n: n.startswith(("g_top.", "q.2."))  # noqa: E731
+    groups = make_optimizer(model, 1e-3, True, inference_only=True).param_groups
+    assert {n for n, p in model.named_parameters() if any(p is q for q in groups[1]["params"])} == \
+        {n for n, _ in model.named_parameters() if is_path(n)}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+    seen = []  # the parameters as each step found them
+
+    def recording(net, model, optimizer, *a, **kw):
+        step = make_step(net, model, optimizer, *a, **kw)
+
+        def run(x, w, eps):
+            seen.append({n: p.detach().clone() for n, p in model.named_parameters()})
+            return step(x, w, eps)
+        return run
+
+    monkeypatch.setattr("vlae_fast.train.make_step", recording)
+    m = default_config("mnist", "vlae", latent_dims=[2, 2, 2], hidden=32, join="gated_add", top_encoder="separate")
+    run = TrainConfig(steps=7, schedule="progressive", kl_anneal="exp", warmup=2, stage_steps=3, fade_steps=1,
+                      top_lr=0.0, top_lr_scope="inference", lr=1e-3, batch_size=20, train_limit=100, eval_limit=40,
+                      data_dir=str(mnist_dir), device="cpu", save_every=0)
+    train(m, run, tmp_path / "run", show_progress=False)
+    after_stage, last = seen[3], seen[-1]
+    weights = [n for n in last if "running" not in n and "num_batches" not in n]
+    assert all(torch.equal(after_stage[n], last[n]) for n in weights if is_path(n))  # the top's code: frozen
+    assert any(not torch.equal(seen[0][n], after_stage[n]) for n in weights if is_path(n))  # learnt in its stage
+    assert any(not torch.equal(after_stage[n], last[n]) for n in weights if n.startswith("f_top."))  # f_L learns
+    assert "top-lr-scope = \"inference\"" in (tmp_path / "run" / "settings.toml").read_text()
+    with pytest.raises(ConfigError, match="--top-lr-scope"):
+        TrainConfig(schedule="progressive", top_lr_scope="inference")  # without --top-lr there is nothing to scope
+    with pytest.raises(ConfigError, match="--top-lr-scope"):
+        TrainConfig(schedule="progressive", top_lr=0.5, top_lr_scope="encoder")
+
 def test_level_warmup_restarts_each_lower_levels_weight_at_its_start(tmp_path, mnist_dir):
     """--level-warmup T': a level below the top takes pre_kl before its start and 1 - exp(-(t - start + 1) / T')
     from it; the top level keeps the run's warm-up; 0 (the default) is the run's weight for every level."""

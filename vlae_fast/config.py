@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
-from .schedule import ANNEALS, LR_DECAYS, SCHEDULES
+from .schedule import ANNEALS, LR_DECAYS, SCHEDULES, TOP_LR_SCOPES
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -44,6 +44,7 @@ class TrainConfig:
     kl_target_rate: float = 0.01  # the controller's step in log lambda per nat of error per training step
     kl_target_start: int = 0  # the step from which the controller moves; before it every lambda is 1
     top_lr: float = 1.0  # progressive: a factor on the lr of the top level's own modules once its stage is over (schedule.py)
+    top_lr_scope: str = "all"  # all: --top-lr on the top's inference path and generator f_L; inference: on the path only
     level_warmup: float = 0.0  # progressive: > 0, each lower level's KL weight warms up anew from its start (schedule.py)
     lr_decay: str = "none"  # none | cosine: every group's lr falls along a half cosine to 0 at the last step (schedule.py)
     lr_decay_start: int = 0  # the step from which the decay runs
@@ -64,6 +65,11 @@ class TrainConfig:
         if self.top_lr != 1 and self.schedule != "progressive":
             raise ConfigError(f"--top-lr {self.top_lr:g} slows the top level once its stage of progressive training is "
                               "over; this run has no stages, so drop --top-lr or add --schedule progressive")
+        if self.top_lr_scope not in TOP_LR_SCOPES:
+            raise ConfigError(f"--top-lr-scope must be one of {', '.join(TOP_LR_SCOPES)}; got {self.top_lr_scope!r}")
+        if self.top_lr_scope != "all" and self.top_lr == 1:
+            raise ConfigError(f"--top-lr-scope {self.top_lr_scope} says which of the top's modules --top-lr slows; "
+                              "add --top-lr F (0 freezes them), or drop --top-lr-scope")
         if self.lr_decay != "none" and not 0 <= self.lr_decay_start < self.steps:
             raise ConfigError(f"--lr-decay-start {self.lr_decay_start} must be a step in the run, 0 to --steps - 1 "
                               f"({self.steps - 1}), so the decay has steps to run over")

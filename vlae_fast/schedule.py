@@ -21,6 +21,9 @@ top_lr: a factor on the learning rate of the top level's own modules (its infere
 generator f_L) from the end of its stage on: < 1 slows the code the top learnt alone while the levels below fade in
 (0 freezes it). Meant to keep the top's identity while lower levels fade in; measured, it does not: the identity
 goes through the inference trunk g_1 .. g_{L-1} the lower levels share (docs/hierarchy.md).
+top_lr_scope 'inference': top_lr acts on the top's inference path alone (with a separate top encoder, its own
+trunk and head), and f_L keeps learning at lr: the code z_L(x) stays as the top's stage left it while the
+generator may still change what z_L draws.
 
 Learning-rate decay: lr_decay 'cosine' multiplies every parameter group's lr by
     d(t) = 1                                            t < s  (s = lr_decay_start)
@@ -38,6 +41,7 @@ import math
 ANNEALS = ("linear", "exp")
 SCHEDULES = ("plain", "progressive")
 LR_DECAYS = ("none", "cosine")
+TOP_LR_SCOPES = ("all", "inference")
 
 
 def kl_weight(step: int, warmup: float, anneal: str = "linear") -> float:

@@ -91,13 +91,15 @@ class BatchOrder:
         return self.perm[i * self.batch_size : (i + 1) * self.batch_size]
 
 
-def make_optimizer(model: nn.Module, lr: float, top_group: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, lr: float, top_group: bool = False,
+                   inference_only: bool = False) -> torch.optim.Optimizer:
     """Adam with the fused (one-kernel) update: faster than the per-parameter loop (bench/README.md), and it
     skips the whole update, moments and step count included, when its `found_inf` flag is set (guards.py).
-    top_group: the top level's own parameters in a second group, whose lr the loop sets (--top-lr)."""
+    top_group: the top level's own parameters in a second group, whose lr the loop sets (--top-lr); inference_only:
+    its inference path only, f_L stays in the first (--top-lr-scope inference)."""
     if not top_group:
         return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
-    top = model.top_level_parameters()
+    top = model.top_level_parameters(inference_only)
     rest = [p for p in model.parameters() if all(p is not q for q in top)]
     return torch.optim.Adam([{"params": rest}, {"params": top}], lr=lr, fused=True)
 
@@ -229,7 +231,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         rundir.write_settings(out_dir, model_cfg, cfg)
     tb = TensorBoardLog(out_dir, tensorboard_every) if tensorboard_every and procs.main else None
     net = procs.wrap(model)  # `model` itself for one process; before Adam, as the wrap may swap modules
-    optimizer = make_optimizer(model, cfg.lr, top_group=cfg.top_lr != 1)
+    optimizer = make_optimizer(model, cfg.lr, top_group=cfg.top_lr != 1, inference_only=cfg.top_lr_scope == "inference")
     train_info = asdict(cfg)
     ckpt_path = out_dir / CKPT_NAME
     first, last_saved = 0, None

@@ -79,12 +79,13 @@ class FlatPriorLadder(LatentModel):
         recon = self.recon_nll(x, logits)
         return Output(logits, recon, kl, z)
 
-    def top_level_parameters(self) -> list[nn.Parameter]:
+    def top_level_parameters(self, inference_only: bool = False) -> list[nn.Parameter]:
         """The parameters that serve the top level alone: its inference block g_L and head q_L, its generator f_L
         (both ladders name them g[-1], q[-1], f_top; with a separate top encoder, its whole path g_top). `--top-lr`
-        slows them after the top's stage (schedule.py)."""
+        slows them after the top's stage (schedule.py); inference_only (--top-lr-scope inference) leaves f_L out."""
         g_top = self.g_top if getattr(self, "g_top", None) is not None else self.g[-1]
-        return [p for m in (g_top, self.q[-1], self.f_top) for p in m.parameters()]
+        modules = (g_top, self.q[-1]) if inference_only else (g_top, self.q[-1], self.f_top)
+        return [p for m in modules for p in m.parameters()]
 
     def log_weight(self, x: Tensor, z: list[Tensor] | None = None) -> Tensor:
         """log r(x | z) + log N(z; 0, I) - log q(z | x) at one z ~ q(z | x), or at the given codes: [B]."""
