@@ -22,6 +22,20 @@ def progressive(**kw) -> TrainConfig:
     return cfg
 
 
+def recording_step(seen: list):
+    """A stand-in for train's make_step that appends, per step, the groups' lr and the parameters as the step
+    found them to `seen`, then runs the real step."""
+    def recording(net, model, optimizer, *a, **kw):
+        step = make_step(net, model, optimizer, *a, **kw)
+
+        def run(x, w, eps):
+            seen.append(([g["lr"] for g in optimizer.param_groups],
+                         {n: p.detach().clone() for n, p in model.named_parameters()}))
+            return step(x, w, eps)
+        return run
+    return recording
+
+
 def test_fade_curve_and_kl_weights_per_stage():
     cfg = progressive(stage_steps=10, fade_steps=4, warmup=5)
     assert (cfg.stage_steps, cfg.fade_steps) == (10, 4)
@@ -234,17 +248,7 @@ def test_top_lr_slows_only_the_top_levels_own_parameters_after_its_stage(tmp_pat
     assert len(make_optimizer(model, 1e-3).param_groups) == 1  # without --top-lr: one group, as before
 
     seen = []  # per step: the groups' lr, and the parameters as the step found them
-
-    def recording(net, model, optimizer, *a, **kw):
-        step = make_step(net, model, optimizer, *a, **kw)
-
-        def run(x, w, eps):
-            seen.append(([g["lr"] for g in optimizer.param_groups],
-                         {n: p.detach().clone() for n, p in model.named_parameters()}))
-            return step(x, w, eps)
-        return run
-
-    monkeypatch.setattr("vlae_fast.train.make_step", recording)
+    monkeypatch.setattr("vlae_fast.train.make_step", recording_step(seen))
     m = default_config("mnist", "vlae", latent_dims=[2, 2, 2], hidden=32, join="gated_add")
     run = TrainConfig(steps=8, schedule="progressive", kl_anneal="exp", warmup=2, stage_steps=3, fade_steps=1,
                       top_lr=0.0, lr=1e-3, batch_size=20, train_limit=100, eval_limit=40, data_dir=str(mnist_dir),
@@ -279,26 +283,18 @@ def test_top_lr_scope_inference_freezes_the_tops_code_but_not_its_generator(tmp_
         {n for n, _ in model.named_parameters() if is_path(n)}
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
-    seen = []  # the parameters as each step found them
-
-    def recording(net, model, optimizer, *a, **kw):
-        step = make_step(net, model, optimizer, *a, **kw)
-
-        def run(x, w, eps):
-            seen.append({n: p.detach().clone() for n, p in model.named_parameters()})
-            return step(x, w, eps)
-        return run
-
-    monkeypatch.setattr("vlae_fast.train.make_step", recording)
+    seen = []  # per step: the groups' lr, and the parameters as the step found them
+    monkeypatch.setattr("vlae_fast.train.make_step", recording_step(seen))
     m = default_config("mnist", "vlae", latent_dims=[2, 2, 2], hidden=32, join="gated_add", top_encoder="separate")
     run = TrainConfig(steps=7, schedule="progressive", kl_anneal="exp", warmup=2, stage_steps=3, fade_steps=1,
                       top_lr=0.0, top_lr_scope="inference", lr=1e-3, batch_size=20, train_limit=100, eval_limit=40,
                       data_dir=str(mnist_dir), device="cpu", save_every=0)
     train(m, run, tmp_path / "run", show_progress=False)
-    after_stage, last = seen[3], seen[-1]
+    assert [lr for lr, _ in seen] == [[1e-3, 1e-3]] * 3 + [[1e-3, 0.0]] * 4
+    first, after_stage, last = seen[0][1], seen[3][1], seen[-1][1]
     weights = [n for n in last if "running" not in n and "num_batches" not in n]
     assert all(torch.equal(after_stage[n], last[n]) for n in weights if is_path(n))  # the top's code: frozen
-    assert any(not torch.equal(seen[0][n], after_stage[n]) for n in weights if is_path(n))  # learnt in its stage
+    assert any(not torch.equal(first[n], after_stage[n]) for n in weights if is_path(n))  # learnt in its stage
     assert any(not torch.equal(after_stage[n], last[n]) for n in weights if n.startswith("f_top."))  # f_L learns
     assert "top-lr-scope = \"inference\"" in (tmp_path / "run" / "settings.toml").read_text()
     with pytest.raises(ConfigError, match="--top-lr-scope"):
@@ -431,16 +427,7 @@ def test_lr_decay_cosine_sets_every_groups_lr_in_the_loop(tmp_path, mnist_dir, m
     assert schedule.lr_factor(25, progressive(stage_steps=10, fade_steps=4, warmup=5)) == 1.0  # no decay: constant
 
     seen = []
-
-    def recording(net, model, optimizer, *a, **kw):
-        step = make_step(net, model, optimizer, *a, **kw)
-
-        def run(x, w, eps):
-            seen.append([g["lr"] for g in optimizer.param_groups])
-            return step(x, w, eps)
-        return run
-
-    monkeypatch.setattr("vlae_fast.train.make_step", recording)
+    monkeypatch.setattr("vlae_fast.train.make_step", recording_step(seen))
     m = default_config("mnist", "vlae", latent_dims=[2, 2, 2], hidden=32, join="gated_add")
     run = TrainConfig(steps=8, schedule="progressive", kl_anneal="exp", warmup=2, stage_steps=3, fade_steps=1,
                       top_lr=0.5, lr_decay="cosine", lr_decay_start=2, lr=1e-3, batch_size=20, train_limit=100,
@@ -448,7 +435,7 @@ def test_lr_decay_cosine_sets_every_groups_lr_in_the_loop(tmp_path, mnist_dir, m
     train(m, run, tmp_path / "run", show_progress=False)
     d = [1, 1] + [(1 + math.cos(math.pi * (t - 2) / 6)) / 2 for t in range(2, 8)]
     want = [[1e-3 * d[t], 1e-3 * d[t] * (1 if t < 3 else 0.5)] for t in range(8)]
-    assert seen == [pytest.approx(w, rel=1e-12) for w in want]
+    assert [lr for lr, _ in seen] == [pytest.approx(w, rel=1e-12) for w in want]
     lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [l["lr"] for l in lines if "lr" in l] == pytest.approx([w[0] for w in want], rel=1e-12)
     assert 'lr-decay = "cosine"' in (tmp_path / "run" / "settings.toml").read_text()
@@ -456,5 +443,5 @@ def test_lr_decay_cosine_sets_every_groups_lr_in_the_loop(tmp_path, mnist_dir, m
     model_cfg, more, ckpt = plan_resume(tmp_path / "run", steps=10)
     assert more.lr_decay == "cosine" and more.lr_decay_start == 2
     train(model_cfg, more, tmp_path / "run", show_progress=False, start=ckpt)
-    assert seen == [pytest.approx([1e-3 * f, 0.5e-3 * f], rel=1e-12)
+    assert [lr for lr, _ in seen] == [pytest.approx([1e-3 * f, 0.5e-3 * f], rel=1e-12)
                     for f in ((1 + math.cos(math.pi * (t - 2) / 8)) / 2 for t in (8, 9))]

@@ -54,7 +54,7 @@ class TrainConfig:
         if self.warmup is None:  # fixed now, so a resumed run with more --steps keeps the same schedule
             self.warmup = self.steps / 2 if self.kl_anneal == "linear" else self.steps / 6
         for name, value, allowed in (("kl-anneal", self.kl_anneal, ANNEALS), ("schedule", self.schedule, SCHEDULES),
-                                     ("lr-decay", self.lr_decay, LR_DECAYS)):
+                                     ("lr-decay", self.lr_decay, LR_DECAYS), ("top-lr-scope", self.top_lr_scope, TOP_LR_SCOPES)):
             if value not in allowed:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}; got {value!r}")
         if (self.stage_steps or 0) < 0 or (self.fade_steps or 0) < 0 or self.pre_kl < 0 or self.first_kl < 0:
@@ -65,8 +65,6 @@ class TrainConfig:
         if self.top_lr != 1 and self.schedule != "progressive":
             raise ConfigError(f"--top-lr {self.top_lr:g} slows the top level once its stage of progressive training is "
                               "over; this run has no stages, so drop --top-lr or add --schedule progressive")
-        if self.top_lr_scope not in TOP_LR_SCOPES:
-            raise ConfigError(f"--top-lr-scope must be one of {', '.join(TOP_LR_SCOPES)}; got {self.top_lr_scope!r}")
         if self.top_lr_scope != "all" and self.top_lr == 1:
             raise ConfigError(f"--top-lr-scope {self.top_lr_scope} says which of the top's modules --top-lr slows; "
                               "add --top-lr F (0 freezes them), or drop --top-lr-scope")
