@@ -21,7 +21,7 @@ from vlae_fast.train import TrainConfig, evaluate as evaluate_model, train as ru
 from . import explore as explore_cli
 from .evaluate import compare as compare_cmd, eval_run as eval_cmd
 
-from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Anneal, Dataset, Feed, Group, Init, Join, Kernels, LrDecay, TopEncoder, TopLrScope,
+from .common import (CKPT, DATA_DIR, DEVICE, JSON, KERNELS, PROGRESS, SEED, SPLIT, Anneal, Dataset, Feed, Group, Init, Join, Kernels, LrDecay, TopEncoder, TopLrScope, FirstTarget,
                      Likelihood, Model, Precision, Recipe, Schedule, Split, code_widths, err, fail, flag, given, kl_factors, parse_factors, free_bits_option, parse_nats, kl_targets, parse_targets, load, out, parse_dims, positive,
                      print_json, user_errors, value)
 
@@ -134,6 +134,11 @@ def train(
     first_kl: Optional[float] = typer.Option(None, min=0, help="progressive: a factor on the top level's KL weight "
                                              "during the first stage, while it trains alone (default 1); > 1 keeps its "
                                              "code to the largest factors, leaving style for the levels below."),
+    first_target: Optional[FirstTarget] = typer.Option(None, help="progressive: what the first stage, the top "
+                                                       "level alone, reconstructs: x (the default) or deskew (x with "
+                                                       "its slant taken out by image moments, grey images only), so "
+                                                       "the top's code has no slant to learn; the encoder still sees "
+                                                       "x, and the recon logged in that stage is the deskewed image's."),
     level_warmup: Optional[float] = typer.Option(None, min=0, help="progressive: each level below the top warms its "
                                                  "KL weight up anew from its own start, over this many steps (the "
                                                  "time constant under --kl-anneal exp), so a level switched on late "
@@ -222,7 +227,7 @@ def train(
         one_dir = [] if out_dir or resume else ["--out", str(default_run_dir(value(dataset), value(model)))]
         raise typer.Exit(code=distributed.launch(nproc, sys.argv[1:] + one_dir))  # same run folder for all ranks
     options = {**ctx.params, "dataset": value(dataset), "model": value(model), "likelihood": value(likelihood),
-               "join": value(join), "top_encoder": value(top_encoder), "lr_decay": value(lr_decay), "top_lr_scope": value(top_lr_scope), "kernels": value(kernels), "precision": value(precision),
+               "join": value(join), "top_encoder": value(top_encoder), "lr_decay": value(lr_decay), "top_lr_scope": value(top_lr_scope), "first_target": value(first_target), "kernels": value(kernels), "precision": value(precision),
                "kl_scale": parse_factors(kl_scale), "free_bits": parse_nats(free_bits),
                "kl_target": parse_targets(kl_target), "recipe": value(recipe), "kl_anneal": value(kl_anneal), "schedule": value(schedule),
                "latent_dims": parse_dims(latent_dim)}

@@ -8,6 +8,7 @@ import torch
 
 from vlae_fast import schedule
 from vlae_fast.config import TrainConfig
+from vlae_fast.deskew import deskew
 from vlae_fast.errors import ConfigError
 from vlae_fast.guards import NonFiniteGuard
 from vlae_fast.models import build_model, default_config, make_config
@@ -22,16 +23,19 @@ def progressive(**kw) -> TrainConfig:
     return cfg
 
 
-def recording_step(seen: list):
+def recording_step(seen: list, targets: list | None = None):
     """A stand-in for train's make_step that appends, per step, the groups' lr and the parameters as the step
-    found them to `seen`, then runs the real step."""
+    found them to `seen` (and the batch x with the reconstruction target handed to the step to `targets`), then
+    runs the real step."""
     def recording(net, model, optimizer, *a, **kw):
         step = make_step(net, model, optimizer, *a, **kw)
 
-        def run(x, w, eps):
+        def run(x, w, eps, target=None):
             seen.append(([g["lr"] for g in optimizer.param_groups],
                          {n: p.detach().clone() for n, p in model.named_parameters()}))
-            return step(x, w, eps)
+            if targets is not None:
+                targets.append((x.clone(), None if target is None else target.clone()))
+            return step(x, w, eps, target)
         return run
     return recording
 
@@ -102,7 +106,7 @@ def test_training_applies_and_logs_the_schedule(tmp_path, mnist_dir, monkeypatch
 
     def recording(net, model, *a, **kw):
         step = make_step(net, model, *a, **kw)
-        return lambda x, w, eps: (seen.append((model.fade.tolist(), w.tolist())), step(x, w, eps))[1]
+        return lambda x, w, eps, target=None: (seen.append((model.fade.tolist(), w.tolist())), step(x, w, eps, target))[1]
 
     monkeypatch.setattr("vlae_fast.train.make_step", recording)
     m = default_config("mnist", "vlae", latent_dims=[2, 2, 2], hidden=32, join="gated_add")
@@ -445,3 +449,43 @@ def test_lr_decay_cosine_sets_every_groups_lr_in_the_loop(tmp_path, mnist_dir, m
     train(model_cfg, more, tmp_path / "run", show_progress=False, start=ckpt)
     assert [lr for lr, _ in seen] == [pytest.approx([1e-3 * f, 0.5e-3 * f], rel=1e-12)
                     for f in ((1 + math.cos(math.pi * (t - 2) / 8)) / 2 for t in (8, 9))]
+
+
+def test_first_target_deskew_scores_the_tops_stage_on_deskewed_images(tmp_path, mnist_dir, monkeypatch):
+    """--first-target deskew: during the first stage (the top alone) each step's reconstruction target is the
+    batch deskewed (deskew.py), from the second stage on none (x itself); the loss is scored on that target;
+    kept in settings.toml; refused without progressive stages and on colour images."""
+    seen, targets = [], []
+    monkeypatch.setattr("vlae_fast.train.make_step", recording_step(seen, targets))
+    m = default_config("mnist", "vlae", latent_dims=[2, 2, 2], hidden=32, join="gated_add")
+    run = TrainConfig(steps=7, schedule="progressive", kl_anneal="exp", warmup=2, stage_steps=3, fade_steps=1,
+                      first_target="deskew", lr=1e-3, batch_size=20, train_limit=100, eval_limit=40,
+                      data_dir=str(mnist_dir), device="cpu", save_every=0)
+    train(m, run, tmp_path / "run", show_progress=False)
+    assert [t is not None for _, t in targets] == [True] * 3 + [False] * 4
+    for x, t in targets[:3]:
+        assert torch.equal(t, deskew(x)) and not torch.equal(t, x)
+    assert 'first-target = "deskew"' in (tmp_path / "run" / "settings.toml").read_text()
+
+    model = build_model(make_config({"model": "vlae", "latent_dims": [2, 2, 2], "channels": [4, 8], "hidden": 16}))
+    opt = make_optimizer(model, 0.0)  # lr 0: score the step without moving the weights
+    step = make_step(model, model, opt, NonFiniteGuard(opt, torch.device("cpu")))
+    x = targets[0][0]
+    eps = [torch.randn(len(x), 2) for _ in range(3)]
+    torch.manual_seed(0)
+    model.eval()  # batch norm on running statistics: the same forward pass for both calls
+    with torch.no_grad():
+        out = model(x, eps)
+        want = model.recon_nll(targets[0][1], out.logits).mean() + out.kl.mean(0).sum()
+    got = step(x, torch.ones(3), eps, targets[0][1])[0]
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert abs(got.item() - (out.recon.mean() + out.kl.mean(0).sum()).item()) > 1e-3  # x would score otherwise
+
+    with pytest.raises(ConfigError, match="--first-target"):
+        TrainConfig(first_target="deskew")  # plain schedule: no first stage
+    with pytest.raises(ConfigError, match="--first-target"):
+        TrainConfig(schedule="progressive", first_target="blur")
+    rgb = default_config("svhn", "conv_vlae")
+    with pytest.raises(ConfigError, match="--first-target deskew"):
+        train(rgb, TrainConfig(dataset="svhn", steps=30, schedule="progressive", first_target="deskew", device="cpu"),
+              tmp_path / "rgb", show_progress=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
-from .schedule import ANNEALS, LR_DECAYS, SCHEDULES, TOP_LR_SCOPES
+from .schedule import ANNEALS, FIRST_TARGETS, LR_DECAYS, SCHEDULES, TOP_LR_SCOPES
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -45,6 +45,7 @@ class TrainConfig:
     kl_target_start: int = 0  # the step from which the controller moves; before it every lambda is 1
     top_lr: float = 1.0  # progressive: a factor on the lr of the top level's own modules once its stage is over (schedule.py)
     top_lr_scope: str = "all"  # all: --top-lr on the top's inference path and generator f_L; inference: on the path only
+    first_target: str = "x"  # progressive: what the first stage reconstructs: x, or deskew (x without its slant)
     level_warmup: float = 0.0  # progressive: > 0, each lower level's KL weight warms up anew from its start (schedule.py)
     lr_decay: str = "none"  # none | cosine: every group's lr falls along a half cosine to 0 at the last step (schedule.py)
     lr_decay_start: int = 0  # the step from which the decay runs
@@ -54,7 +55,8 @@ class TrainConfig:
         if self.warmup is None:  # fixed now, so a resumed run with more --steps keeps the same schedule
             self.warmup = self.steps / 2 if self.kl_anneal == "linear" else self.steps / 6
         for name, value, allowed in (("kl-anneal", self.kl_anneal, ANNEALS), ("schedule", self.schedule, SCHEDULES),
-                                     ("lr-decay", self.lr_decay, LR_DECAYS), ("top-lr-scope", self.top_lr_scope, TOP_LR_SCOPES)):
+                                     ("lr-decay", self.lr_decay, LR_DECAYS), ("top-lr-scope", self.top_lr_scope, TOP_LR_SCOPES),
+                                     ("first-target", self.first_target, FIRST_TARGETS)):
             if value not in allowed:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}; got {value!r}")
         if (self.stage_steps or 0) < 0 or (self.fade_steps or 0) < 0 or self.pre_kl < 0 or self.first_kl < 0:
@@ -65,6 +67,9 @@ class TrainConfig:
         if self.top_lr != 1 and self.schedule != "progressive":
             raise ConfigError(f"--top-lr {self.top_lr:g} slows the top level once its stage of progressive training is "
                               "over; this run has no stages, so drop --top-lr or add --schedule progressive")
+        if self.first_target != "x" and self.schedule != "progressive":
+            raise ConfigError(f"--first-target {self.first_target} sets what the first stage of progressive training "
+                              "reconstructs; this run has no stages, so drop --first-target or add --schedule progressive")
         if self.top_lr_scope != "all" and self.top_lr == 1:
             raise ConfigError(f"--top-lr-scope {self.top_lr_scope} says which of the top's modules --top-lr slows; "
                               "add --top-lr F (0 freezes them), or drop --top-lr-scope")

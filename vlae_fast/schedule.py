@@ -24,6 +24,9 @@ goes through the inference trunk g_1 .. g_{L-1} the lower levels share (docs/hie
 top_lr_scope 'inference': top_lr acts on the top's inference path alone (with a separate top encoder, its own
 trunk and head), and f_L keeps learning at lr: the code z_L(x) stays as the top's stage left it while the
 generator may still change what z_L draws.
+first_target 'deskew': during the first stage, while the top trains alone, the reconstruction is scored on the
+image with its slant taken out (deskew.py) instead of x; the encoder still sees x. The top's 2-d code then has no
+slant to spend its nats on in the stage that shapes it, leaving slant for the level below (docs/hierarchy.md).
 
 Learning-rate decay: lr_decay 'cosine' multiplies every parameter group's lr by
     d(t) = 1                                            t < s  (s = lr_decay_start)
@@ -42,6 +45,7 @@ ANNEALS = ("linear", "exp")
 SCHEDULES = ("plain", "progressive")
 LR_DECAYS = ("none", "cosine")
 TOP_LR_SCOPES = ("all", "inference")
+FIRST_TARGETS = ("x", "deskew")
 
 
 def kl_weight(step: int, warmup: float, anneal: str = "linear") -> float:

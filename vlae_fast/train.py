@@ -23,6 +23,7 @@ from . import guards, host_memory, resume, rundir, schedule
 from .checkpoint import CKPT_NAME, Checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import load_dataset
+from .deskew import deskew
 from .distributed import Processes
 from .errors import ConfigError
 from .eval import evaluate
@@ -127,10 +128,11 @@ def cpu_has_bf16() -> bool:
 def make_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, guard: "guards.NonFiniteGuard",
               grad_clip: float = 0.0, precision: str = "fp32", compile: bool = False, input_noise: float = 0.0,
               free_bits: tuple[float, ...] | None = None):
-    """The training step: step(x, w, eps) runs forward, backward, the non-finite guard and Adam and returns
-    [loss, recon, KL_1 .. KL_L] (detached, on the device). w: the KL weight of each level, a [L] tensor (a
+    """The training step: step(x, w, eps, target=None) runs forward, backward, the non-finite guard and Adam and
+    returns [loss, recon, KL_1 .. KL_L] (detached, on the device). w: the KL weight of each level, a [L] tensor (a
     float would recompile a compiled step whenever it changes). Nothing in it reads the device from the host.
     input_noise > 0: denoising, the encoder sees x + input_noise * N(0, I) and the decoder is scored on x.
+    target: the image the reconstruction is scored on instead of x (--first-target deskew); the encoder sees x.
     free_bits: nats per level whose KL costs nothing, max(KL_l, lambda_l) in the loss (schedule.py); the
     returned KL_l are the levels' own."""
     autocast = precision == "bf16"
@@ -138,11 +140,13 @@ def make_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer
     if free_bits is not None and any(free_bits):
         lam = torch.tensor(free_bits, dtype=torch.float32, device=next(model.parameters()).device)
 
-    def step(x: torch.Tensor, w: torch.Tensor, eps: list[torch.Tensor] | None) -> torch.Tensor:
+    def step(x: torch.Tensor, w: torch.Tensor, eps: list[torch.Tensor] | None,
+             target: torch.Tensor | None = None) -> torch.Tensor:
         x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             out = net(x_in, eps)
-            nll = model.recon_nll(x, out.logits) if input_noise > 0 else out.recon
+            scored = x if target is None else target
+            nll = model.recon_nll(scored, out.logits) if input_noise > 0 or target is not None else out.recon
         recon, kl = nll.float().mean(), out.kl.float().mean(0)  # kl: [L]
         loss = recon + (w * (kl if lam is None else torch.maximum(kl, lam))).sum()  # eq. 14, a weight on each KL
         optimizer.zero_grad(set_to_none=True)
@@ -189,6 +193,10 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
             raise ConfigError(f"--level-warmup {cfg.level_warmup:g}: the bottom level trains {last} steps, too few to "
                               f"end near its true KL weight (at least {'3 x ' if cfg.kl_anneal == 'exp' else ''}the "
                               "level warm-up); lower --level-warmup or --stage-steps, or raise --steps")
+        if cfg.first_target == "deskew" and (model_cfg.image_shape[0] != 1 or cfg.stage_steps == 0):
+            raise ConfigError(f"--first-target deskew takes the slant out of grey images during the first stage; this "
+                              f"run has {model_cfg.image_shape[0]}-channel images and a first stage of "
+                              f"{cfg.stage_steps} steps: drop --first-target, or use grey images and --stage-steps > 0")
     if cfg.gate_init is not None and getattr(model_cfg, "join", None) != "gated_add":
         raise ConfigError(f"--gate-init {cfg.gate_init:g} sets the gate of the gated-add join; this {model_cfg.model} "
                           f"model joins by {getattr(model_cfg, 'join', 'no ladder join')}, so drop --gate-init or add "
@@ -285,7 +293,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
             guard.step_t.fill_(step + 1)
             eps = None if cfg.noise_seed is None else [procs.shard(e) for e in explicit_noise(
                 cfg.noise_seed, step, cfg.batch_size, model_cfg.latent_dims, device)]  # the global batch's noise
-            stats = step_fn(x, w_t if control is None else w_t * control.lam, eps)  # [loss, recon, KL_1 .. KL_L]
+            target = deskew(x) if cfg.first_target == "deskew" and step < cfg.stage_steps else None  # the top's stage
+            stats = step_fn(x, w_t if control is None else w_t * control.lam, eps, target)  # [loss, recon, KL_1 .. KL_L]
             if control is not None and step >= cfg.kl_target_start:  # every rank the same lambda: from the global
                 control.update(procs.mean(stats)[2:], fade_t > 0 if fade_t is not None else all_on)  # batch's KL
 
