@@ -20,7 +20,7 @@ from typer.core import TyperGroup
 from vlae_fast.checkpoint import load_model
 from vlae_fast.config import PRECISIONS
 from vlae_fast.recipes import RECIPES
-from vlae_fast.schedule import ANNEALS, SCHEDULES
+from vlae_fast.schedule import ANNEALS, FIRST_TARGETS, LR_DECAYS, SCHEDULES, TOP_LR_SCOPES
 from vlae_fast.data import LOADERS
 from vlae_fast.errors import TrainingStopped, VlaeError
 from vlae_fast.gibbs import FEEDS, INITS
@@ -45,9 +45,9 @@ Model = choices("Model", REGISTRY)
 Likelihood = choices("Likelihood", OUTPUTS)
 Join = choices("Join", ("concat", "gated_add"))
 TopEncoder = choices("TopEncoder", ("shared", "separate"))
-LrDecay = choices("LrDecay", ("none", "cosine"))
-TopLrScope = choices("TopLrScope", ("all", "inference"))
-FirstTarget = choices("FirstTarget", ("x", "deskew"))
+LrDecay = choices("LrDecay", LR_DECAYS)
+TopLrScope = choices("TopLrScope", TOP_LR_SCOPES)
+FirstTarget = choices("FirstTarget", FIRST_TARGETS)
 Kernels = choices("Kernels", BACKENDS)
 Split = choices("Split", ("train", "test"))
 Init = choices("Init", INITS)
