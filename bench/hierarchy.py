@@ -60,7 +60,7 @@ def attach(run_dir: Path, report: Path) -> None:
 
 def recipe_name(s: dict) -> str:
     keys = ("recipe", "hidden", "top-encoder", "steps", "join", "gate-init", "schedule", "kl-anneal", "warmup", "stage-steps", "fade-steps",
-            "pre-kl", "first-kl", "level-warmup", "top-lr", "top-lr-scope", "first-target", "input-noise", "kl-scale", "free-bits", "kl-target",
+            "pre-kl", "first-kl", "level-warmup", "top-lr", "top-lr-scope", "first-target", "first-levels", "input-noise", "kl-scale", "free-bits", "kl-target",
             "kl-target-rate", "kl-target-start", "lr", "lr-decay", "lr-decay-start", "likelihood", "patch")
     return " ".join(f"{k}={s[k]}" for k in keys if k in s)
 

@@ -139,6 +139,10 @@ def train(
                                                        "its slant taken out by image moments, grey images only), so "
                                                        "the top's code has no slant to learn; the encoder still sees "
                                                        "x, and the recon logged in that stage is the deskewed image's."),
+    first_levels: Optional[int] = typer.Option(None, min=1, help="progressive: how many top levels train together "
+                                               "in the first stage (default 1, the top alone); each lower level starts "
+                                               "a stage later. 2 puts level L-1 beside the top from step 0, so it can "
+                                               "take style (slant, width) before the top does. Must be below --layers."),
     level_warmup: Optional[float] = typer.Option(None, min=0, help="progressive: each level below the top warms its "
                                                  "KL weight up anew from its own start, over this many steps (the "
                                                  "time constant under --kl-anneal exp), so a level switched on late "

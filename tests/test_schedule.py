@@ -489,3 +489,51 @@ def test_first_target_deskew_scores_the_tops_stage_on_deskewed_images(tmp_path, 
     with pytest.raises(ConfigError, match="--first-target deskew"):
         train(rgb, TrainConfig(dataset="svhn", steps=30, schedule="progressive", first_target="deskew", device="cpu"),
               tmp_path / "rgb", show_progress=False)
+
+
+def test_first_levels_trains_the_top_levels_together_then_each_lower_one(tmp_path, mnist_dir, monkeypatch):
+    """--first-levels 2 on three levels: levels 3 and 2 both start at step 0 (fade, KL weight), level 1 a stage later;
+    --first-kl, --top-lr and --first-target act on that whole first stage. Through vlae train's own loop, from the
+    command line: the fades the steps ran with and the deskewed targets; kept in settings.toml; refused when it
+    would switch on every level at once, without stages, or below 1."""
+    cfg = progressive(stage_steps=10, fade_steps=4, warmup=5, first_levels=2, first_kl=3, top_lr=0.5)
+    base = progressive(stage_steps=10, fade_steps=4, warmup=5)
+    assert [schedule.level_start(l, 3, 10, 2) for l in (1, 2, 3)] == [10, 0, 0]
+    assert [schedule.fade(t, 2, 3, 10, 4, 2) for t in (0, 1, 2, 3, 29)] == [.25, .5, .75, 1, 1]
+    assert [schedule.fade(t, 1, 3, 10, 4, 2) for t in (9, 10, 13)] == [0, .25, 1]
+    assert schedule.first_stage_end(cfg, 3) == 10 and schedule.first_stage_end(base, 3) == 10
+    assert schedule.first_stage_end(progressive(stage_steps=10, fade_steps=4, warmup=5, first_levels=2), 3) == 10
+    assert schedule.progressive_length(3, 10, 4, 2) == 14 and schedule.progressive_length(3, 10, 4) == 24
+    for t in range(30):
+        _, got = schedule.weights(t, cfg, 3)
+        w = schedule.kl_weight(t, 5, "exp")
+        assert got[1] == pytest.approx(w) and got[2] == pytest.approx(w * (3 if t < 10 else 1)), t
+        assert got[0] == (0.25 if t < 10 else pytest.approx(w))  # level 1: pre_kl until its start, a stage in
+        assert schedule.top_lr_factor(t, cfg, 3) == (1 if t < 10 else 0.5)
+    assert schedule.weights(3, base, 3)[1][1] == 0.25  # the default: level 2 not yet on
+
+    fades, targets = [], []
+    monkeypatch.setattr("vlae_fast.train.make_step", recording_step([], targets))
+    real_weights = schedule.weights
+    monkeypatch.setattr("vlae_fast.schedule.weights", lambda *a: (fades.append(real_weights(*a)[0]), real_weights(*a))[1])
+    from typer.testing import CliRunner
+    from vlae_fast.cli.app import app
+
+    r = CliRunner().invoke(app, ["train", "mnist", "--steps", "7", "--stage-steps", "3", "--fade-steps", "1",
+                                 "--first-levels", "2", "--first-target", "deskew", "--hidden", "32",
+                                 "--train-limit", "100", "--batch-size", "20", "--eval-limit", "20", "--data-dir",
+                                 str(mnist_dir), "--out", str(tmp_path / "run"), "--device", "cpu", "--no-progress",
+                                 "--save-every", "0"])
+    assert r.exit_code == 0, r.output
+    assert fades == [[0, 1, 1]] * 3 + [[1, 1, 1]] * 4
+    assert [t is not None for _, t in targets] == [True] * 3 + [False] * 4
+    assert "first-levels = 2" in (tmp_path / "run" / "settings.toml").read_text()
+
+    for bad, match in (({"first_levels": 0}, ">= 1"), ({"first_levels": 2}, "no stages")):
+        with pytest.raises(ConfigError, match=match):
+            TrainConfig(**bad)
+    with pytest.raises(ConfigError, match="all 3 levels together"):
+        progressive(first_levels=3)
+    r = CliRunner().invoke(app, ["train", "mnist", "--layers", "2", "--first-levels", "2", "--data-dir", str(mnist_dir),
+                                 "--out", str(tmp_path / "bad"), "--device", "cpu"])
+    assert r.exit_code != 0 and "--first-levels 2" in r.output and "Traceback" not in r.output

@@ -37,6 +37,7 @@ class TrainConfig:
     fade_steps: int | None = None  # progressive: steps over which a level's input fades in, 0 -> 1; None = stage / 4
     pre_kl: float = 0.5  # progressive: KL weight of the levels not yet switched on (keeps them at the prior)
     first_kl: float = 1.0  # progressive: a factor on the top level's KL weight during the first stage (it trains alone)
+    first_levels: int = 1  # progressive: how many top levels train together in the first stage (schedule.py)
     input_noise: float = 0.0  # denoising: std of the Gaussian noise on the encoder's input (the target stays clean)
     kl_scale: tuple[float, ...] | None = None  # a fixed factor on each level's KL weight, bottom first (beta_l); None = 1
     free_bits: tuple[float, ...] | None = None  # nats per level its KL may hold at no cost, bottom first (schedule.py); None = 0
@@ -70,6 +71,11 @@ class TrainConfig:
         if self.first_target != "x" and self.schedule != "progressive":
             raise ConfigError(f"--first-target {self.first_target} sets what the first stage of progressive training "
                               "reconstructs; this run has no stages, so drop --first-target or add --schedule progressive")
+        if self.first_levels < 1:
+            raise ConfigError(f"--first-levels is a number of levels and must be >= 1; got {self.first_levels}")
+        if self.first_levels != 1 and self.schedule != "progressive":
+            raise ConfigError(f"--first-levels {self.first_levels} sets how many levels the first stage of progressive "
+                              "training trains; this run has no stages, so drop --first-levels or add --schedule progressive")
         if self.top_lr_scope != "all" and self.top_lr == 1:
             raise ConfigError(f"--top-lr-scope {self.top_lr_scope} says which of the top's modules --top-lr slows; "
                               "add --top-lr F (0 freezes them), or drop --top-lr-scope")
@@ -92,6 +98,10 @@ class TrainConfig:
         """Fix the progressive stages for a model of `layers` levels and check its per-level options: by default L
         equal stages (the top level alone, then one more level each), each new level fading in over a quarter of a
         stage. A run shorter than L steps gets stages of 0 steps: every level on from the start."""
+        if self.first_levels > 1 and self.first_levels >= layers:
+            raise ConfigError(f"--first-levels {self.first_levels} would switch on all {layers} levels together in the first "
+                              f"stage, which is no progressive training; give --first-levels 1 to {layers - 1}, or use "
+                              "--schedule plain")
         if self.stage_steps is None:
             self.stage_steps = self.steps // layers
         if self.fade_steps is None:

@@ -31,7 +31,7 @@ MODEL_OPTIONS = ("model", "layers", "latent_dim", "likelihood", "join", "top_enc
                  "train_limit", "image_size", "grayscale", "rgb", "svhn_extra", "precision", "recipe", "kl_anneal",
                  "schedule", "stage_steps", "fade_steps", "pre_kl", "first_kl", "input_noise", "free_bits",
                  "level_warmup", "gate_init", "kl_target", "kl_target_rate", "kl_target_start", "top_lr",
-                 "top_lr_scope", "lr_decay", "lr_decay_start", "first_target")
+                 "top_lr_scope", "lr_decay", "lr_decay_start", "first_target", "first_levels")
 
 
 @dataclass
@@ -173,7 +173,7 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
                       **{k: o[k] for k in ("kl_anneal", "schedule", "stage_steps", "fade_steps", "pre_kl", "first_kl",
                                            "input_noise", "kl_scale", "free_bits", "level_warmup", "gate_init", "kl_target",
                                            "kl_target_rate", "kl_target_start", "top_lr", "top_lr_scope", "lr_decay",
-                                           "lr_decay_start", "first_target")
+                                           "lr_decay_start", "first_target", "first_levels")
                          if k in o})
     return RunPlan(model_cfg, cfg, None, run_dir)
 
@@ -209,7 +209,8 @@ def settings_of(model_cfg, cfg: TrainConfig) -> dict:
                   "first-kl": cfg.first_kl if cfg.first_kl != 1 else None, "level-warmup": cfg.level_warmup or None,
                   "top-lr": cfg.top_lr if cfg.top_lr != 1 else None,
                   "top-lr-scope": cfg.top_lr_scope if cfg.top_lr_scope != "all" else None,
-                  "first-target": cfg.first_target if cfg.first_target != "x" else None})
+                  "first-target": cfg.first_target if cfg.first_target != "x" else None,
+                  "first-levels": cfg.first_levels if cfg.first_levels != 1 else None})
     return {k: v for k, v in s.items() if v is not None}
 
 

@@ -24,6 +24,11 @@ goes through the inference trunk g_1 .. g_{L-1} the lower levels share (docs/hie
 top_lr_scope 'inference': top_lr acts on the top's inference path alone (with a separate top encoder, its own
 trunk and head), and f_L keeps learning at lr: the code z_L(x) stays as the top's stage left it while the
 generator may still change what z_L draws.
+first_levels N: the top N levels train together from step 0 (the first stage), each lower level a stage later:
+    start_l = max(0, L - N + 1 - l) * stage_steps
+(N = 1 is pro-VLAE's top level alone). With N = 2 on three levels, level 2 is on beside the top from the start and can
+take the style factors (slant, width) the top would otherwise learn alone (docs/hierarchy.md); first_kl,
+first_target and top_lr act on that whole first stage.
 first_target 'deskew': during the first stage, while the top trains alone, the reconstruction is scored on the
 image with its slant taken out (deskew.py) instead of x; the encoder still sees x. The top's 2-d code then has no
 slant to spend its nats on in the stage that shapes it, leaving slant for the level below (docs/hierarchy.md).
@@ -57,27 +62,36 @@ def kl_weight(step: int, warmup: float, anneal: str = "linear") -> float:
     return min(1.0, (step + 1) / warmup)
 
 
-def level_start(level: int, layers: int, stage_steps: int) -> int:
-    """The step at which 1-based `level` starts fading in: the top level at 0, each lower one a stage later."""
-    return (layers - level) * stage_steps
+def level_start(level: int, layers: int, stage_steps: int, first_levels: int = 1) -> int:
+    """The step at which 1-based `level` starts fading in: the top `first_levels` levels at 0, each lower one a stage
+    later."""
+    return max(0, layers - first_levels + 1 - level) * stage_steps
 
 
-def fade(step: int, level: int, layers: int, stage_steps: int, fade_steps: int) -> float:
+def fade(step: int, level: int, layers: int, stage_steps: int, fade_steps: int, first_levels: int = 1) -> float:
     """alpha_l(step): 0 before the level's stage, rising linearly to 1 over fade_steps, then 1."""
-    start = level_start(level, layers, stage_steps)
+    start = level_start(level, layers, stage_steps, first_levels)
     if step < start:
         return 0.0
     return min(1.0, (step - start + 1) / fade_steps) if fade_steps > 0 else 1.0
 
 
-def progressive_length(layers: int, stage_steps: int, fade_steps: int) -> int:
+def progressive_length(layers: int, stage_steps: int, fade_steps: int, first_levels: int = 1) -> int:
     """Steps until every level is fully on: the bottom level's start plus its fade."""
-    return level_start(1, layers, stage_steps) + (fade_steps if layers > 1 else 0)
+    return level_start(1, layers, stage_steps, first_levels) + (fade_steps if layers > 1 else 0)
+
+
+def first_stage_end(cfg, layers: int) -> int:
+    """The step at which the first stage ends, when the first level below the top first_levels switches on (0 for a
+    plain schedule or a single level: no first stage)."""
+    if cfg.schedule != "progressive" or layers <= cfg.first_levels:
+        return 0
+    return level_start(layers - cfg.first_levels, layers, cfg.stage_steps, cfg.first_levels)
 
 
 def top_lr_factor(step: int, cfg, layers: int) -> float:
-    """The factor on the top level's learning rate at `step`: 1 during its own stage, cfg.top_lr after it."""
-    if cfg.schedule != "progressive" or layers < 2 or step < level_start(layers - 1, layers, cfg.stage_steps):
+    """The factor on the top level's learning rate at `step`: 1 during the first stage, cfg.top_lr after it."""
+    if cfg.schedule != "progressive" or layers < 2 or step < first_stage_end(cfg, layers):
         return 1.0
     return cfg.top_lr
 
@@ -95,10 +109,10 @@ def weights(step: int, cfg, layers: int) -> tuple[list[float], list[float]]:
     beta = cfg.kl_scale or (1.0,) * layers
     if cfg.schedule != "progressive":
         return [1.0] * layers, [w * b for b in beta]
-    alphas = [fade(step, l, layers, cfg.stage_steps, cfg.fade_steps) for l in range(1, layers + 1)]
-    starts = [level_start(l, layers, cfg.stage_steps) for l in range(1, layers + 1)]
+    alphas = [fade(step, l, layers, cfg.stage_steps, cfg.fade_steps, cfg.first_levels) for l in range(1, layers + 1)]
+    starts = [level_start(l, layers, cfg.stage_steps, cfg.first_levels) for l in range(1, layers + 1)]
     on_w = [kl_weight(step - s, cfg.level_warmup, cfg.kl_anneal) if cfg.level_warmup and s > 0 else w for s in starts]
     kl = [(w_l if step >= s else cfg.pre_kl) * b for w_l, s, b in zip(on_w, starts, beta)]
-    if layers > 1 and step < level_start(layers - 1, layers, cfg.stage_steps):  # the first stage: the top alone
+    if step < first_stage_end(cfg, layers):  # the first stage: the top alone (or with the levels of first_levels)
         kl[-1] *= cfg.first_kl
     return alphas, kl

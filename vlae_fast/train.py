@@ -183,17 +183,17 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                           "each time; drop --compile or --lr-decay")
     cfg.resolve_stages(model_cfg.layers)  # before anything stores cfg: the run's stages and per-level options are fixed
     if cfg.schedule == "progressive":
-        need = schedule.progressive_length(model_cfg.layers, cfg.stage_steps, cfg.fade_steps)
+        need = schedule.progressive_length(model_cfg.layers, cfg.stage_steps, cfg.fade_steps, cfg.first_levels)
         if cfg.steps < need:
             raise ConfigError(f"--schedule progressive switches the bottom level fully on only after {need} steps "
-                              f"({model_cfg.layers - 1} x --stage-steps {cfg.stage_steps} + --fade-steps "
+                              f"({model_cfg.layers - cfg.first_levels} x --stage-steps {cfg.stage_steps} + --fade-steps "
                               f"{cfg.fade_steps}); raise --steps to at least {need} or shorten the stages")
-        last = cfg.steps - schedule.level_start(1, model_cfg.layers, cfg.stage_steps)  # the bottom level's steps
+        last = cfg.steps - schedule.level_start(1, model_cfg.layers, cfg.stage_steps, cfg.first_levels)  # bottom's steps
         if cfg.level_warmup and (3 if cfg.kl_anneal == "exp" else 1) * cfg.level_warmup > last:
             raise ConfigError(f"--level-warmup {cfg.level_warmup:g}: the bottom level trains {last} steps, too few to "
                               f"end near its true KL weight (at least {'3 x ' if cfg.kl_anneal == 'exp' else ''}the "
                               "level warm-up); lower --level-warmup or --stage-steps, or raise --steps")
-        if cfg.first_target == "deskew" and (model_cfg.image_shape[0] != 1 or cfg.stage_steps == 0):
+        if cfg.first_target == "deskew" and (model_cfg.image_shape[0] != 1 or cfg.stage_steps == 0):  # first stage > 0
             raise ConfigError(f"--first-target deskew takes the slant out of grey images during the first stage; this "
                               f"run has {model_cfg.image_shape[0]}-channel images and a first stage of "
                               f"{cfg.stage_steps} steps: drop --first-target, or use grey images and --stage-steps > 0")
@@ -258,6 +258,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                         cfg.free_bits)
     order = BatchOrder(len(train_set), cfg.batch_size, cfg.seed, device)
     L = model_cfg.layers
+    first_end = schedule.first_stage_end(cfg, L)  # --first-target deskew's steps
     w_t = torch.zeros(L, device=device)  # the KL weight per level, refilled each step (no host read, no recompile)
     control = KLControl(cfg.kl_target, cfg.kl_target_rate, device) if cfg.kl_target else None
     if control is not None and start is not None:
@@ -293,7 +294,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
             guard.step_t.fill_(step + 1)
             eps = None if cfg.noise_seed is None else [procs.shard(e) for e in explicit_noise(
                 cfg.noise_seed, step, cfg.batch_size, model_cfg.latent_dims, device)]  # the global batch's noise
-            target = deskew(x) if cfg.first_target == "deskew" and step < cfg.stage_steps else None  # the top's stage
+            target = deskew(x) if cfg.first_target == "deskew" and step < first_end else None  # the first stage
             stats = step_fn(x, w_t if control is None else w_t * control.lam, eps, target)  # [loss, recon, KL_1 .. KL_L]
             if control is not None and step >= cfg.kl_target_start:  # every rank the same lambda: from the global
                 control.update(procs.mean(stats)[2:], fade_t > 0 if fade_t is not None else all_on)  # batch's KL
