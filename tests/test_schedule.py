@@ -502,7 +502,6 @@ def test_first_levels_trains_the_top_levels_together_then_each_lower_one(tmp_pat
     assert [schedule.fade(t, 2, 3, 10, 4, 2) for t in (0, 1, 2, 3, 29)] == [.25, .5, .75, 1, 1]
     assert [schedule.fade(t, 1, 3, 10, 4, 2) for t in (9, 10, 13)] == [0, .25, 1]
     assert schedule.first_stage_end(cfg, 3) == 10 and schedule.first_stage_end(base, 3) == 10
-    assert schedule.first_stage_end(progressive(stage_steps=10, fade_steps=4, warmup=5, first_levels=2), 3) == 10
     assert schedule.progressive_length(3, 10, 4, 2) == 14 and schedule.progressive_length(3, 10, 4) == 24
     for t in range(30):
         _, got = schedule.weights(t, cfg, 3)

@@ -82,11 +82,9 @@ def progressive_length(layers: int, stage_steps: int, fade_steps: int, first_lev
 
 
 def first_stage_end(cfg, layers: int) -> int:
-    """The step at which the first stage ends, when the first level below the top first_levels switches on (0 for a
-    plain schedule or a single level: no first stage)."""
-    if cfg.schedule != "progressive" or layers <= cfg.first_levels:
-        return 0
-    return level_start(layers - cfg.first_levels, layers, cfg.stage_steps, cfg.first_levels)
+    """The step at which the first stage ends: one stage in, when the first level below the top first_levels switches
+    on (0 for a plain schedule or when no level is below them: no first stage)."""
+    return cfg.stage_steps if cfg.schedule == "progressive" and layers > cfg.first_levels else 0
 
 
 def top_lr_factor(step: int, cfg, layers: int) -> float:

@@ -182,6 +182,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
         raise ConfigError("--lr-decay changes the learning rate every step, which would recompile a --compile'd step "
                           "each time; drop --compile or --lr-decay")
     cfg.resolve_stages(model_cfg.layers)  # before anything stores cfg: the run's stages and per-level options are fixed
+    first_end = schedule.first_stage_end(cfg, model_cfg.layers)  # --first-target's and --first-kl's stage
     if cfg.schedule == "progressive":
         need = schedule.progressive_length(model_cfg.layers, cfg.stage_steps, cfg.fade_steps, cfg.first_levels)
         if cfg.steps < need:
@@ -193,10 +194,10 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
             raise ConfigError(f"--level-warmup {cfg.level_warmup:g}: the bottom level trains {last} steps, too few to "
                               f"end near its true KL weight (at least {'3 x ' if cfg.kl_anneal == 'exp' else ''}the "
                               "level warm-up); lower --level-warmup or --stage-steps, or raise --steps")
-        if cfg.first_target == "deskew" and (model_cfg.image_shape[0] != 1 or cfg.stage_steps == 0):  # first stage > 0
+        if cfg.first_target == "deskew" and (model_cfg.image_shape[0] != 1 or first_end == 0):
             raise ConfigError(f"--first-target deskew takes the slant out of grey images during the first stage; this "
                               f"run has {model_cfg.image_shape[0]}-channel images and a first stage of "
-                              f"{cfg.stage_steps} steps: drop --first-target, or use grey images and --stage-steps > 0")
+                              f"{first_end} steps: drop --first-target, or use grey images and --stage-steps > 0")
     if cfg.gate_init is not None and getattr(model_cfg, "join", None) != "gated_add":
         raise ConfigError(f"--gate-init {cfg.gate_init:g} sets the gate of the gated-add join; this {model_cfg.model} "
                           f"model joins by {getattr(model_cfg, 'join', 'no ladder join')}, so drop --gate-init or add "
@@ -258,7 +259,6 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                         cfg.free_bits)
     order = BatchOrder(len(train_set), cfg.batch_size, cfg.seed, device)
     L = model_cfg.layers
-    first_end = schedule.first_stage_end(cfg, L)  # --first-target deskew's steps
     w_t = torch.zeros(L, device=device)  # the KL weight per level, refilled each step (no host read, no recompile)
     control = KLControl(cfg.kl_target, cfg.kl_target_rate, device) if cfg.kl_target else None
     if control is not None and start is not None:
