@@ -135,10 +135,12 @@ def train(
                                              "during the first stage, while it trains alone (default 1); > 1 keeps its "
                                              "code to the largest factors, leaving style for the levels below."),
     first_target: Optional[FirstTarget] = typer.Option(None, help="progressive: what the first stage, the top "
-                                                       "level alone, reconstructs: x (the default) or deskew (x with "
-                                                       "its slant taken out by image moments, grey images only), so "
-                                                       "the top's code has no slant to learn; the encoder still sees "
-                                                       "x, and the recon logged in that stage is the deskewed image's."),
+                                                       "level alone, reconstructs: x (the default), deskew (x with "
+                                                       "its slant taken out by image moments), or normalize (slant, "
+                                                       "digit width and stroke width all made common); grey images "
+                                                       "only. The top's code then has no style to learn; the encoder "
+                                                       "still sees x, and the recon logged in that stage is the "
+                                                       "reshaped image's."),
     first_levels: Optional[int] = typer.Option(None, min=1, help="progressive: how many top levels train together "
                                                "in the first stage (default 1, the top alone); each lower level starts "
                                                "a stage later. 2 puts level L-1 beside the top from step 0, so it can "

@@ -9,6 +9,7 @@ import torch
 from vlae_fast import schedule
 from vlae_fast.config import TrainConfig
 from vlae_fast.deskew import deskew
+from vlae_fast.normalize import normalize
 from vlae_fast.errors import ConfigError
 from vlae_fast.guards import NonFiniteGuard
 from vlae_fast.models import build_model, default_config, make_config
@@ -451,21 +452,22 @@ def test_lr_decay_cosine_sets_every_groups_lr_in_the_loop(tmp_path, mnist_dir, m
                     for f in ((1 + math.cos(math.pi * (t - 2) / 8)) / 2 for t in (8, 9))]
 
 
-def test_first_target_deskew_scores_the_tops_stage_on_deskewed_images(tmp_path, mnist_dir, monkeypatch):
-    """--first-target deskew: during the first stage (the top alone) each step's reconstruction target is the
-    batch deskewed (deskew.py), from the second stage on none (x itself); the loss is scored on that target;
-    kept in settings.toml; refused without progressive stages and on colour images."""
+@pytest.mark.parametrize("name,reshape", [("deskew", deskew), ("normalize", normalize)])
+def test_first_target_scores_the_tops_stage_on_the_reshaped_images(tmp_path, mnist_dir, monkeypatch, name, reshape):
+    """--first-target deskew / normalize: during the first stage (the top alone) each step's reconstruction target
+    is the batch deskewed (deskew.py) or normalised (normalize.py), from the second stage on none (x itself); the
+    loss is scored on that target; kept in settings.toml; refused without progressive stages and on colour images."""
     seen, targets = [], []
     monkeypatch.setattr("vlae_fast.train.make_step", recording_step(seen, targets))
     m = default_config("mnist", "vlae", latent_dims=[2, 2, 2], hidden=32, join="gated_add")
     run = TrainConfig(steps=7, schedule="progressive", kl_anneal="exp", warmup=2, stage_steps=3, fade_steps=1,
-                      first_target="deskew", lr=1e-3, batch_size=20, train_limit=100, eval_limit=40,
+                      first_target=name, lr=1e-3, batch_size=20, train_limit=100, eval_limit=40,
                       data_dir=str(mnist_dir), device="cpu", save_every=0)
     train(m, run, tmp_path / "run", show_progress=False)
     assert [t is not None for _, t in targets] == [True] * 3 + [False] * 4
     for x, t in targets[:3]:
-        assert torch.equal(t, deskew(x)) and not torch.equal(t, x)
-    assert 'first-target = "deskew"' in (tmp_path / "run" / "settings.toml").read_text()
+        assert torch.equal(t, reshape(x)) and not torch.equal(t, x)
+    assert f'first-target = "{name}"' in (tmp_path / "run" / "settings.toml").read_text()
 
     model = build_model(make_config({"model": "vlae", "latent_dims": [2, 2, 2], "channels": [4, 8], "hidden": 16}))
     opt = make_optimizer(model, 0.0)  # lr 0: score the step without moving the weights
@@ -482,12 +484,12 @@ def test_first_target_deskew_scores_the_tops_stage_on_deskewed_images(tmp_path, 
     assert abs(got.item() - (out.recon.mean() + out.kl.mean(0).sum()).item()) > 1e-3  # x would score otherwise
 
     with pytest.raises(ConfigError, match="--first-target"):
-        TrainConfig(first_target="deskew")  # plain schedule: no first stage
+        TrainConfig(first_target=name)  # plain schedule: no first stage
     with pytest.raises(ConfigError, match="--first-target"):
         TrainConfig(schedule="progressive", first_target="blur")
     rgb = default_config("svhn", "conv_vlae")
-    with pytest.raises(ConfigError, match="--first-target deskew"):
-        train(rgb, TrainConfig(dataset="svhn", steps=30, schedule="progressive", first_target="deskew", device="cpu"),
+    with pytest.raises(ConfigError, match=f"--first-target {name}"):
+        train(rgb, TrainConfig(dataset="svhn", steps=30, schedule="progressive", first_target=name, device="cpu"),
               tmp_path / "rgb", show_progress=False)
 
 

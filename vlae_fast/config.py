@@ -46,7 +46,7 @@ class TrainConfig:
     kl_target_start: int = 0  # the step from which the controller moves; before it every lambda is 1
     top_lr: float = 1.0  # progressive: a factor on the lr of the top level's own modules once its stage is over (schedule.py)
     top_lr_scope: str = "all"  # all: --top-lr on the top's inference path and generator f_L; inference: on the path only
-    first_target: str = "x"  # progressive: what the first stage reconstructs: x, or deskew (x without its slant)
+    first_target: str = "x"  # progressive: what the first stage reconstructs: x, deskew (x without its slant), normalize (and common width, stroke)
     level_warmup: float = 0.0  # progressive: > 0, each lower level's KL weight warms up anew from its start (schedule.py)
     lr_decay: str = "none"  # none | cosine: every group's lr falls along a half cosine to 0 at the last step (schedule.py)
     lr_decay_start: int = 0  # the step from which the decay runs

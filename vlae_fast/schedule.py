@@ -32,6 +32,8 @@ first_target and top_lr act on that whole first stage.
 first_target 'deskew': during the first stage, while the top trains alone, the reconstruction is scored on the
 image with its slant taken out (deskew.py) instead of x; the encoder still sees x. The top's 2-d code then has no
 slant to spend its nats on in the stage that shapes it, leaving slant for the level below (docs/hierarchy.md).
+first_target 'normalize': the same with slant, digit width and stroke width all made common (normalize.py), so the
+top's first stage has identity alone to learn.
 
 Learning-rate decay: lr_decay 'cosine' multiplies every parameter group's lr by
     d(t) = 1                                            t < s  (s = lr_decay_start)
@@ -50,7 +52,7 @@ ANNEALS = ("linear", "exp")
 SCHEDULES = ("plain", "progressive")
 LR_DECAYS = ("none", "cosine")
 TOP_LR_SCOPES = ("all", "inference")
-FIRST_TARGETS = ("x", "deskew")
+FIRST_TARGETS = ("x", "deskew", "normalize")
 
 
 def kl_weight(step: int, warmup: float, anneal: str = "linear") -> float:

@@ -32,10 +32,12 @@ from .kernels import set_backend
 from .kl_control import KLControl
 from .models import build_model
 from .models.blocks import set_gates
+from .normalize import normalize
 from .progress import progress_bar, status
 from .schedule import kl_weight
 from .tblog import TensorBoardLog, require_tensorboard
 
+FIRST_TARGETS = {"deskew": deskew, "normalize": normalize}  # --first-target: the first stage's image
 STOP_POLL = 10  # under DDP, steps between checks for a stop request (each check all-reduces and syncs)
 
 
@@ -132,7 +134,7 @@ def make_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer
     returns [loss, recon, KL_1 .. KL_L] (detached, on the device). w: the KL weight of each level, a [L] tensor (a
     float would recompile a compiled step whenever it changes). Nothing in it reads the device from the host.
     input_noise > 0: denoising, the encoder sees x + input_noise * N(0, I) and the decoder is scored on x.
-    target: the image the reconstruction is scored on instead of x (--first-target deskew); the encoder sees x.
+    target: the image the reconstruction is scored on instead of x (--first-target); the encoder sees x.
     free_bits: nats per level whose KL costs nothing, max(KL_l, lambda_l) in the loss (schedule.py); the
     returned KL_l are the levels' own."""
     autocast = precision == "bf16"
@@ -194,8 +196,8 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
             raise ConfigError(f"--level-warmup {cfg.level_warmup:g}: the bottom level trains {last} steps, too few to "
                               f"end near its true KL weight (at least {'3 x ' if cfg.kl_anneal == 'exp' else ''}the "
                               "level warm-up); lower --level-warmup or --stage-steps, or raise --steps")
-        if cfg.first_target == "deskew" and (model_cfg.image_shape[0] != 1 or first_end == 0):
-            raise ConfigError(f"--first-target deskew takes the slant out of grey images during the first stage; this "
+        if cfg.first_target != "x" and (model_cfg.image_shape[0] != 1 or first_end == 0):
+            raise ConfigError(f"--first-target {cfg.first_target} reshapes grey images during the first stage; this "
                               f"run has {model_cfg.image_shape[0]}-channel images and a first stage of "
                               f"{first_end} steps: drop --first-target, or use grey images and --stage-steps > 0")
     if cfg.gate_init is not None and getattr(model_cfg, "join", None) != "gated_add":
@@ -294,7 +296,7 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
             guard.step_t.fill_(step + 1)
             eps = None if cfg.noise_seed is None else [procs.shard(e) for e in explicit_noise(
                 cfg.noise_seed, step, cfg.batch_size, model_cfg.latent_dims, device)]  # the global batch's noise
-            target = deskew(x) if cfg.first_target == "deskew" and step < first_end else None  # the first stage
+            target = FIRST_TARGETS[cfg.first_target](x) if cfg.first_target != "x" and step < first_end else None
             stats = step_fn(x, w_t if control is None else w_t * control.lam, eps, target)  # [loss, recon, KL_1 .. KL_L]
             if control is not None and step >= cfg.kl_target_start:  # every rank the same lambda: from the global
                 control.update(procs.mean(stats)[2:], fade_t > 0 if fade_t is not None else all_on)  # batch's KL
