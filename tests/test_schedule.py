@@ -142,6 +142,12 @@ def test_recipes_and_explicit_options(mnist_dir):
     off.resolve_stages(3)  # as train() does: every level 0 = no controller
     assert off.kl_target is None
     assert plan_run("mnist", {**opts, "model": "conv_vlae", "layers": 3}).train_cfg.kl_target is None
+    # the recipe's first-stage target: the MNIST MLP ladder's, with a first stage; yields to a target of one's own
+    assert (h.train_cfg.first_target, plan_run("mnist", opts).train_cfg.first_target) == ("normalize", "normalize")
+    assert plan_run("mnist", {**opts, "model": "conv_vlae", "layers": 3}).train_cfg.first_target == "x"
+    assert plan_run("mnist", {**opts, "schedule": "plain"}).train_cfg.first_target == "x"
+    assert plan_run("mnist", {**opts, "first_target": "deskew"}).train_cfg.first_target == "deskew"
+    assert p.train_cfg.first_target == "x"
     mixed = plan_run("mnist", {**opts, "recipe": "hierarchy", "join": "concat", "steps": 900, "hidden": 512})
     assert (mixed.model_cfg.join, mixed.train_cfg.steps, mixed.model_cfg.hidden) == ("concat", 900, 512)
     assert mixed.train_cfg.gate_init is None  # the recipe's gate goes with its join

@@ -148,8 +148,10 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
     ladder = model in REGISTRY and issubclass(REGISTRY[model][1], FlatPriorLadder)
     recipe, r = recipe_options(dataset, o.get("recipe"), "ladder" if ladder else "hvae")
     if model_for(dataset, model) != "vlae":
-        for k in ("join", "hidden", "gate_init", "kl_target"):  # the MNIST MLP ladder's: the conv ladders keep their
-            r.pop(k, None)  # concat and widths, and their KL is not held
+        for k in ("join", "hidden", "gate_init", "kl_target", "first_target"):  # the MNIST MLP ladder's: the conv
+            r.pop(k, None)  # ladders keep their concat and widths, their KL is not held and their first stage sees x
+    if (shape is not None and shape[0] != 1) or o.get("schedule") == "plain":
+        r.pop("first_target", None)  # the recipe's style normalisation: grey images, and a first stage to act on
     if o.get("join") not in (None, "gated_add"):
         r.pop("gate_init", None)  # the recipe's gate goes with its join: --join concat drops it
     if o.get("free_bits") is not None:
