@@ -147,6 +147,8 @@ def test_recipes_and_explicit_options(mnist_dir):
     assert plan_run("mnist", {**opts, "model": "conv_vlae", "layers": 3}).train_cfg.first_target == "x"
     assert plan_run("mnist", {**opts, "schedule": "plain"}).train_cfg.first_target == "x"
     assert plan_run("mnist", {**opts, "first_target": "deskew"}).train_cfg.first_target == "deskew"
+    assert plan_run("mnist", {**opts, "steps": 2}).train_cfg.first_target == "x"  # stages of 0 steps: no first stage
+    assert plan_run("mnist", {**opts, "layers": 1}).train_cfg.first_target == "x"
     assert p.train_cfg.first_target == "x"
     mixed = plan_run("mnist", {**opts, "recipe": "hierarchy", "join": "concat", "steps": 900, "hidden": 512})
     assert (mixed.model_cfg.join, mixed.train_cfg.steps, mixed.model_cfg.hidden) == ("concat", 900, 512)

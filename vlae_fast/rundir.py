@@ -156,12 +156,16 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
         r.pop("gate_init", None)  # the recipe's gate goes with its join: --join concat drops it
     if o.get("free_bits") is not None:
         r.pop("kl_target", None)  # a level's KL is free up to a budget or held at a target: --free-bits drops the target
+    own_target = o.get("first_target")
     o = {**{k: v for k, v in r.items()}, **{k: v for k, v in o.items() if v is not None}}  # given options win
     model_extra = {k: o[k] for k in ("join", "hidden", "top_encoder") if o.get(k) is not None and takes_option(model, k)}
     model_cfg = default_config(dataset, model, o.get("layers"), o.get("latent_dims"),
                                output=o.get("likelihood") or "gaussian", image_shape=shape, **model_extra)
     d = TrainConfig
     o = {k: resolve(v, model_cfg.layers, o.get("steps") or d.steps) for k, v in o.items()}  # a recipe's functions
+    stage = o["stage_steps"] if o.get("stage_steps") is not None else (o.get("steps") or d.steps) // model_cfg.layers
+    if own_target is None and (stage == 0 or model_cfg.layers <= (o.get("first_levels") or 1)):
+        o.pop("first_target", None)  # the recipe's first-stage target, in a run too short (or too shallow) for a stage
     lr = o.get("lr")
     cfg = TrainConfig(dataset=dataset, steps=o.get("steps") or d.steps, batch_size=o.get("batch_size") or d.batch_size,
                       lr=lr if lr is not None else default_lr(model) or d.lr, warmup=o.get("warmup"),
