@@ -45,7 +45,12 @@ def deskew(img: Tensor) -> Tensor:
     ys = torch.arange(H, dtype=p.dtype, device=p.device)[None, :, None]
     xs = torch.arange(W, dtype=p.dtype, device=p.device)[None, None, :]
     src_x = xs + alpha[:, None, None] * (ys - c_y[:, None, None])  # [B, H, W]: where each pixel reads from
-    src_y = ys.expand(B, H, W)
+    return resample(p, src_x, ys.expand(B, H, W)).to(img.dtype)
+
+
+def resample(img: Tensor, src_x: Tensor, src_y: Tensor) -> Tensor:
+    """out[b, 0, y, x] = img[b, 0, src_y[b, y, x], src_x[b, y, x]] in pixel coordinates (bilinear, zero outside).
+    img: [B, 1, H, W] float; src_x, src_y: [B, H, W]."""
+    H, W = img.shape[-2:]
     grid = torch.stack(((src_x + 0.5) * 2 / W - 1, (src_y + 0.5) * 2 / H - 1), dim=-1)  # pixel centres, align_corners=False
-    out = F.grid_sample(p, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.to(img.dtype)
+    return F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

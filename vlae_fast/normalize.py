@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .deskew import deskew
+from .deskew import deskew, resample
 
 WIDTH = 0.125  # the ink's horizontal spread sd_x as a fraction of the image width (MNIST's median, deskewed)
 MAX_SCALE = 1.5  # the width step scales by at most this factor either way
@@ -56,10 +56,7 @@ def normalize_width(img: Tensor) -> Tensor:
     xs = torch.arange(W, dtype=torch.float32, device=img.device)
     src_x = c_x[:, None] + (xs[None, :] - c_x[:, None]) / s[:, None]  # [B, W]: where each column reads from
     ys = torch.arange(H, dtype=torch.float32, device=img.device)
-    gx = ((src_x + 0.5) * 2 / W - 1)[:, None, :].expand(B, H, W)  # pixel centres, align_corners=False
-    gy = ((ys + 0.5) * 2 / H - 1)[None, :, None].expand(B, H, W)
-    grid = torch.stack((gx, gy), dim=-1)
-    return F.grid_sample(img.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return resample(img.float(), src_x[:, None, :].expand(B, H, W), ys[None, :, None].expand(B, H, W))
 
 
 def stroke_width(img: Tensor) -> tuple[Tensor, Tensor]:
@@ -74,7 +71,7 @@ def stroke_width(img: Tensor) -> tuple[Tensor, Tensor]:
 
 def normalize_stroke(img: Tensor) -> Tensor:
     """Step 3 of the module's docstring: the strokes redrawn STROKE pixels wide; same shape, values in [0, 1]."""
-    B, _, H, W = img.shape
+    H, W = img.shape[-2:]
     _, p_true = stroke_width(img)
     k = (STROKE * p_true / 2).round().clamp(1, H * W).long()  # A*: how many pixels to ink
     kernel = torch.tensor([1.0, 2.0, 1.0], device=img.device)

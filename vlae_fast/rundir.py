@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from . import schedule
 from .checkpoint import CKPT_NAME, Checkpoint, read_checkpoint, tensor_names
 from .data import data_options, image_shape_of
 from .errors import CheckpointError, ConfigError
@@ -163,9 +164,6 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
                                output=o.get("likelihood") or "gaussian", image_shape=shape, **model_extra)
     d = TrainConfig
     o = {k: resolve(v, model_cfg.layers, o.get("steps") or d.steps) for k, v in o.items()}  # a recipe's functions
-    stage = o["stage_steps"] if o.get("stage_steps") is not None else (o.get("steps") or d.steps) // model_cfg.layers
-    if own_target is None and (stage == 0 or model_cfg.layers <= (o.get("first_levels") or 1)):
-        o.pop("first_target", None)  # the recipe's first-stage target, in a run too short (or too shallow) for a stage
     lr = o.get("lr")
     cfg = TrainConfig(dataset=dataset, steps=o.get("steps") or d.steps, batch_size=o.get("batch_size") or d.batch_size,
                       lr=lr if lr is not None else default_lr(model) or d.lr, warmup=o.get("warmup"),
@@ -181,6 +179,11 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
                                            "kl_target_rate", "kl_target_start", "top_lr", "top_lr_scope", "lr_decay",
                                            "lr_decay_start", "first_target", "first_levels")
                          if k in o})
+    if own_target is None and cfg.first_target != "x":  # the recipe's target needs a first stage to act on: a run
+        staged = replace(cfg)  # shorter than its levels (stages of 0 steps) or of one level has none
+        staged.resolve_stages(model_cfg.layers)
+        if schedule.first_stage_end(staged, model_cfg.layers) == 0:
+            cfg.first_target = "x"
     return RunPlan(model_cfg, cfg, None, run_dir)
 
 
