@@ -150,6 +150,19 @@ def test_two_process_kl_controller_follows_the_global_batch(tmp_path, mnist_dir)
         assert a == pytest.approx(b, rel=1e-4)  # the two runs' KL agree to ~1e-5
 
 
+def test_a_step_all_reduces_its_figures_once(tmp_path, mnist_dir, monkeypatch):
+    """The controller and the log line share one all-reduce of the step's [loss, recon, KL_l]: with --kl-target and
+    a log line every step, one Processes.mean a step (two a step would be a second collective on every log step)."""
+    from vlae_fast.distributed import Processes
+    from vlae_fast.train import train
+    calls, mean = [], Processes.mean
+    monkeypatch.setattr(Processes, "mean", lambda self, t: calls.append(1) or mean(self, t))
+    cfg = control_cfg(str(mnist_dir))
+    cfg.log_every = 1
+    train(make_config(TINY), cfg, tmp_path / "one", show_progress=False)
+    assert len(calls) == STEPS
+
+
 def test_batch_must_split_over_ranks():
     from vlae_fast.errors import ConfigError
     with pytest.raises(ConfigError, match="multiple of 2"):

@@ -298,12 +298,14 @@ def train(model_cfg, cfg: TrainConfig, out_dir: str | Path, show_progress: bool 
                 cfg.noise_seed, step, cfg.batch_size, model_cfg.latent_dims, device)]  # the global batch's noise
             target = FIRST_TARGETS[cfg.first_target](x) if cfg.first_target != "x" and step < first_end else None
             stats = step_fn(x, w_t if control is None else w_t * control.lam, eps, target)  # [loss, recon, KL_1 .. KL_L]
+            figures = None  # the global batch's [loss, recon, KL_l]: one all-reduce a step at most, under DDP
             if control is not None and step >= cfg.kl_target_start:  # every rank the same lambda: from the global
-                control.update(procs.mean(stats)[2:], fade_t > 0 if fade_t is not None else all_on)  # batch's KL
+                figures = procs.mean(stats)  # batch's KL
+                control.update(figures[2:], fade_t > 0 if fade_t is not None else all_on)
 
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps or done == 1:  # step 1: a first loss to see at once
-                figures = procs.mean(stats)
+                figures = procs.mean(stats) if figures is None else figures
                 values = torch.cat([figures.double(), guard.state]).tolist()  # a CPU-GPU sync point: only on log steps
                 check_guard(values[-4:])
                 loss_v, recon_v, *kl_list = values[:-4]
