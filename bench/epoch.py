@@ -33,7 +33,7 @@ from train_step import device_slug  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
 from vlae_fast.recipes import RECIPES  # noqa: E402
-from vlae_fast.rundir import plan_run  # noqa: E402
+from vlae_fast.rundir import drop_target_without_first_stage, plan_run  # noqa: E402
 from vlae_fast.train import resolve_device, train  # noqa: E402
 
 
@@ -54,6 +54,7 @@ def main() -> None:
     cfg = replace(plan.train_cfg, steps=steps, batch_size=args.batch_size, device=args.device, save_every=0,
                   log_every=100, eval_limit=args.eval_limit, train_limit=args.images if args.images < 60000 else None,
                   compile=args.compile, precision=args.precision, warmup=None, stage_steps=None, fade_steps=None)
+    drop_target_without_first_stage(cfg, plan.model_cfg.layers)  # as vlae train does for a run this short
     with tempfile.TemporaryDirectory() as run:
         t0 = time.perf_counter()
         result = train(plan.model_cfg, cfg, run, show_progress=False)

@@ -258,18 +258,35 @@ def worker(conn, case: str, name: str, device: str, threads: int) -> None:
         torch.backends.cudnn.allow_tf32 = False
     elif name in AS_TRAIN_RUNS:
         host_memory.keep_freed_memory()  # what train() does on a CPU
-    v = Variant(name, case, device)
-    v.setup(make_input(case, device))
+    try:  # a variant that fails (a capture the device refuses, say) becomes a row saying so; the others go on
+        v = Variant(name, case, device)
+        v.setup(make_input(case, device))
+    except Exception as e:
+        conn.send(failed("set-up", e))
+        return
     conn.send(sum(p.numel() for p in v.model.parameters()))
     while conn.recv() == "step":
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        sync(device)
-        t = time.perf_counter()
-        v.step()
-        sync(device)
+        try:
+            sync(device)
+            t = time.perf_counter()
+            v.step()
+            sync(device)
+        except Exception as e:
+            conn.send(failed("a step", e))
+            return
         conn.send((time.perf_counter() - t, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0))
     conn.send(peak_rss_mib())
+
+
+def failed(where: str, e: Exception) -> tuple[str, str]:
+    """What a worker sends instead of a result when its variant raised: ("failed", the row's reason)."""
+    return "failed", f"failed in {where}: {type(e).__name__}: {e}"[:300]
+
+
+def is_failure(answer) -> bool:
+    return isinstance(answer, tuple) and len(answer) == 2 and answer[0] == "failed"
 
 
 def run_case(case: str, names: list[str], device: torch.device, steps: int, warmup: int, n_gemm: int,
@@ -285,6 +302,9 @@ def run_case(case: str, names: list[str], device: torch.device, steps: int, warm
         v.proc = ctx.Process(target=worker, args=(child, case, v.name, str(device), torch.get_num_threads()), daemon=True)
         v.proc.start()
         v.params = v.conn.recv()
+        if is_failure(v.params):
+            v.skip = v.params[1]
+    live = [v for v in live if v.skip is None]
     counts = {v.name: v.params for v in live if v.name in ("eager-plain", "lib-default")}
     if len(counts) == 2:
         assert len(set(counts.values())) == 1, f"not the same network: parameter counts {counts}"
@@ -293,9 +313,14 @@ def run_case(case: str, names: list[str], device: torch.device, steps: int, warm
     c = torch.empty(n_gemm, n_gemm, device=device)
     gemm_times = []
     for r in range(warmup + steps):
-        for v in live:
+        for v in list(live):
             v.conn.send("step")
-            dt, peak = v.conn.recv()
+            answer = v.conn.recv()
+            if is_failure(answer):
+                v.skip = answer[1]
+                live.remove(v)
+                continue
+            dt, peak = answer
             if r == 0:
                 v.first_step_s = dt
             if r >= warmup:
@@ -338,6 +363,11 @@ def run_case(case: str, names: list[str], device: torch.device, steps: int, warm
             "sgemm_gflops": gemm_gflops, "rows": rows}
 
 
+def ms(t: float) -> str:
+    """Milliseconds to three figures or more: a GPU step of ~2 ms reads 2.14, a CPU step 419."""
+    return f"{t:.0f}" if t >= 100 else f"{t:.1f}" if t >= 10 else f"{t:.2f}"
+
+
 def table(result: dict) -> str:
     lines = ["| case | variant | median ms (20-80 %) | images/s | GFLOP/s | of sgemm | vs plain | peak MiB |",
              "|---|---|---|---|---|---|---|---|"]
@@ -348,7 +378,7 @@ def table(result: dict) -> str:
                 continue
             vs = f"{r['speedup_vs_plain']:.2f}x" if r.get("speedup_vs_plain") else ""
             mem = f"{r['peak_mem_mib']:.0f}" if r.get("peak_mem_mib") else ""
-            lines.append(f"| {c['case']} | {r['variant']} | {r['median_ms']:.0f} ({r['q20_ms']:.0f}-{r['q80_ms']:.0f}) | "
+            lines.append(f"| {c['case']} | {r['variant']} | {ms(r['median_ms'])} ({ms(r['q20_ms'])}-{ms(r['q80_ms'])}) | "
                          f"{r['images_per_s']:.0f} | {r['gflops']:.1f} | {r['frac_sgemm']:.0%} | {vs} | {mem} |")
         lines.append(f"| {c['case']} | sgemm {c['sgemm_n']}^3 (ceiling) | | | {c['sgemm_gflops']:.1f} | 100% | | |")
     return "\n".join(lines)

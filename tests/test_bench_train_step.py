@@ -41,3 +41,31 @@ def test_train_step_bench_writes_rows_and_skips_what_the_device_lacks(tmp_path):
 def pytest_approx(x):
     import pytest
     return pytest.approx(x, rel=1e-6)
+
+
+def test_a_variant_that_raises_becomes_a_row_saying_so():
+    """A worker whose variant fails (a CUDA graph the device refuses, say) answers ("failed", why) instead of dying
+    silently, so the benchmark's other variants still get their rows."""
+    import multiprocessing as mp
+    sys.path.insert(0, str(REPO / "bench"))
+    import train_step
+    ours, theirs = mp.Pipe()
+    train_step.worker(theirs, "no-such-case", "lib-default", "cpu", 1)
+    answer = ours.recv()
+    assert train_step.is_failure(answer) and "failed in set-up: KeyError" in answer[1], answer
+    assert not train_step.is_failure((0.1, 0)) and train_step.ms(2.144) == "2.14" and train_step.ms(419.4) == "419"
+
+
+def test_epoch_bench_runs_vlae_trains_path_on_a_short_epoch(tmp_path, mnist_dir):
+    """bench/epoch.py times `vlae train`'s own code; an epoch of 200 images (2 steps) is too short for the default
+    recipe's first stage, and the benchmark drops its first-stage target as `vlae train --steps 2` does."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, "bench/epoch.py", "--data-dir", str(mnist_dir), "--images", "200", "--eval-limit", "50",
+           "--out", str(tmp_path)]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    [path] = tmp_path.glob("cpu-*-epoch.jsonl")
+    row = json.loads(path.read_text().splitlines()[-1])
+    assert row["steps"] == 2 and row["recipe"] == "hierarchy" and row["wall_s"] >= row["train_loop_s"] > 0
+    assert row["test_elbo"] < 0

@@ -179,12 +179,20 @@ def plan_run(dataset: str, options: dict, given: set[str] | frozenset[str] = fro
                                            "kl_target_rate", "kl_target_start", "top_lr", "top_lr_scope", "lr_decay",
                                            "lr_decay_start", "first_target", "first_levels")
                          if k in o})
-    if own_target is None and cfg.first_target != "x":  # the recipe's target needs a first stage to act on: a run
-        staged = replace(cfg)  # shorter than its levels (stages of 0 steps) or of one level has none
-        staged.resolve_stages(model_cfg.layers)
-        if schedule.first_stage_end(staged, model_cfg.layers) == 0:
-            cfg.first_target = "x"
+    if own_target is None:  # an explicit --first-target without a first stage is refused by train()
+        drop_target_without_first_stage(cfg, model_cfg.layers)
     return RunPlan(model_cfg, cfg, None, run_dir)
+
+
+def drop_target_without_first_stage(cfg, layers: int) -> None:
+    """The recipe's --first-target needs a first stage to act on: a run shorter than its levels (stages of 0 steps)
+    or of one level has none, and then trains on x (cfg.first_target = "x")."""
+    if cfg.first_target == "x":
+        return
+    staged = replace(cfg)
+    staged.resolve_stages(layers)
+    if schedule.first_stage_end(staged, layers) == 0:
+        cfg.first_target = "x"
 
 
 # --- the settings file ---------------------------------------------------------------------------------
