@@ -30,7 +30,9 @@ def loss_curve(compile: bool, steps: int) -> list[float]:
 def test_compiled_step_follows_eager_for_100_steps():
     torch._dynamo.reset()
     eager, compiled = loss_curve(False, 100), loss_curve(True, 100)
-    assert compiled == pytest.approx(eager, rel=1e-4, abs=1e-3), max(abs(a - b) for a, b in zip(eager, compiled))
+    # float32 round-off grows along 100 Adam steps: up to 2.3e-4 relative was seen (AMD EPYC, 1 thread); a real
+    # difference between the paths (a KL weight baked in, a skipped guard) moves the loss by percents
+    assert compiled == pytest.approx(eager, rel=5e-4, abs=1e-3), max(abs(a - b) for a, b in zip(eager, compiled))
     assert eager[-1] < eager[0] * 0.9  # it trains: the curve is not flat by accident
 
 
