@@ -118,7 +118,24 @@ def test_without_a_target_no_lambda_is_logged(tmp_path, mnist_dir):
     r = CliRunner().invoke(app, ARGS + ["--data-dir", str(mnist_dir), "--kl-target", "0,0,0", "--out", str(tmp_path / "r")])
     assert r.exit_code == 0, r.output
     assert all("kl_lambda" not in r for r in lines(tmp_path / "r"))
-    assert "kl-target" not in (tmp_path / "r" / "settings.toml").read_text()
+    # the recipe holds level 2 at 6 nats: the file says "off" outright, so --config repeats the run without a target
+    assert 'kl-target = "0,0,0"' in (tmp_path / "r" / "settings.toml").read_text()
+    assert "kl-target-rate" not in (tmp_path / "r" / "settings.toml").read_text()
+
+
+def test_settings_file_repeats_a_run_that_turned_the_recipes_options_off(tmp_path, mnist_dir):
+    """--kl-target 0,0,0 and --first-target x turn off what the hierarchy recipe sets (a KL target on level 2, the
+    normalised first-stage target): `vlae train --config settings.toml` must not bring them back."""
+    args = ["train", "mnist", "--steps", "6", "--train-limit", "200", "--eval-limit", "50", "--no-progress",
+            "--data-dir", str(mnist_dir)]
+    r = CliRunner().invoke(app, args + ["--kl-target", "0,0,0", "--first-target", "x", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "a" / "settings.toml"), "--out", str(tmp_path / "b"),
+                                 "--no-progress"])
+    assert r.exit_code == 0, r.output
+    again = (tmp_path / "b" / "settings.toml").read_text()
+    assert 'kl-target = "0,0,0"' in again and 'first-target = "x"' in again and "normalize" not in again
+    assert all("kl_lambda" not in r for r in lines(tmp_path / "b"))
 
 
 def test_wrong_targets_are_refused(tmp_path, mnist_dir):

@@ -216,7 +216,9 @@ def settings_of(model_cfg, cfg: TrainConfig) -> dict:
          "kl-scale": ",".join(f"{b:g}" for b in cfg.kl_scale) if cfg.kl_scale else None,
          "input-noise": cfg.input_noise or None, "gate-init": cfg.gate_init,
          "free-bits": ",".join(f"{b:g}" for b in cfg.free_bits) if cfg.free_bits and any(cfg.free_bits) else None,
-         "kl-target": ",".join(f"{t:g}" for t in cfg.kl_target) if cfg.kl_target else None,
+         # an option the recipe sets is written even at its "off" value, else --config would bring the recipe's back
+         "kl-target": ",".join(f"{t:g}" for t in cfg.kl_target) if cfg.kl_target
+                      else ",".join("0" * len(dims)) if model_cfg.model == "vlae" else None,
          "kl-target-rate": cfg.kl_target_rate if cfg.kl_target else None,
          "kl-target-start": cfg.kl_target_start if cfg.kl_target and cfg.kl_target_start else None,
          "lr-decay": cfg.lr_decay if cfg.lr_decay != "none" else None,
@@ -226,7 +228,7 @@ def settings_of(model_cfg, cfg: TrainConfig) -> dict:
                   "first-kl": cfg.first_kl if cfg.first_kl != 1 else None, "level-warmup": cfg.level_warmup or None,
                   "top-lr": cfg.top_lr if cfg.top_lr != 1 else None,
                   "top-lr-scope": cfg.top_lr_scope if cfg.top_lr_scope != "all" else None,
-                  "first-target": cfg.first_target if cfg.first_target != "x" else None,
+                  "first-target": cfg.first_target,  # "x" too: the recipe's is normalize
                   "first-levels": cfg.first_levels if cfg.first_levels != 1 else None})
     return {k: v for k, v in s.items() if v is not None}
 
