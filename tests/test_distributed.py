@@ -105,7 +105,8 @@ def test_two_process_training_steps_every_parameter_and_matches_one_process(tmp_
     # weight reading an input that is constant over the batch (MNIST's blank border) before a norm: in float32
     # their gradients are rounding noise, which Adam turns into steps of +-lr, so such a tensor element (and the
     # running mean of the norm it feeds) may differ by up to 2 lr per step. Every other element agrees to float
-    # tolerance: in each other tensor at least 95 % of them (measured: all but 3.3 % of g_2's first weight).
+    # tolerance: in each other tensor all but 5 % of them (measured: all but 3.3 % of g_2's first weight), or all but
+    # one in a small tensor (a CI run once saw one of a 16-channel BatchNorm shift's elements step the other way).
     model = tiny_model()
     one_step(model, *inputs())
     free = {n for n, p in model.named_parameters() if p.grad.abs().max() < 1e-12}
@@ -117,8 +118,8 @@ def test_two_process_training_steps_every_parameter_and_matches_one_process(tmp_
             continue
         assert (a - b).abs().max() <= 2 * LR * STEPS, n
         if n not in free and not n.endswith("running_mean"):
-            close = torch.isclose(b, a, rtol=1e-4, atol=1e-5).double().mean().item()
-            assert close >= 0.95, f"{n}: only {close:.1%} of the elements match the 1-process run"
+            far = int((~torch.isclose(b, a, rtol=1e-4, atol=1e-5)).sum())
+            assert far <= max(1, 0.05 * a.numel()), f"{n}: {far} of {a.numel()} elements differ from the 1-process run"
     curve = lambda r: [l["loss"] for l in map(json.loads, (tmp_path / r / "metrics.jsonl").read_text().splitlines())
                        if "loss" in l]
     assert curve("two") == pytest.approx(curve("one"), rel=1e-5) and len(curve("one")) == STEPS
