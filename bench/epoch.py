@@ -30,10 +30,8 @@ sys.path.insert(0, str(HERE))
 
 from train_step import device_slug  # noqa: E402
 
-from dataclasses import replace  # noqa: E402
-
 from vlae_fast.recipes import RECIPES  # noqa: E402
-from vlae_fast.rundir import drop_target_without_first_stage, plan_run  # noqa: E402
+from vlae_fast.rundir import plan_run  # noqa: E402
 from vlae_fast.train import resolve_device, train  # noqa: E402
 
 
@@ -50,11 +48,13 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "results"))
     args = p.parse_args()
     steps = args.images // args.batch_size
-    plan = plan_run("mnist", {"recipe": args.recipe, "data_dir": args.data_dir})
-    cfg = replace(plan.train_cfg, steps=steps, batch_size=args.batch_size, device=args.device, save_every=0,
-                  log_every=100, eval_limit=args.eval_limit, train_limit=args.images if args.images < 60000 else None,
-                  compile=args.compile, precision=args.precision, warmup=None, stage_steps=None, fade_steps=None)
-    drop_target_without_first_stage(cfg, plan.model_cfg.layers)  # as vlae train does for a run this short
+    # planned as `vlae train --steps N ...` plans it: stages, warm-up and the recipe's first-stage target follow N
+    plan = plan_run("mnist", {"recipe": args.recipe, "data_dir": args.data_dir, "steps": steps,
+                              "batch_size": args.batch_size, "device": args.device, "save_every": 0,
+                              "log_every": 100, "eval_limit": args.eval_limit,
+                              "train_limit": args.images if args.images < 60000 else None,
+                              "compile": args.compile, "precision": args.precision})
+    cfg = plan.train_cfg
     with tempfile.TemporaryDirectory() as run:
         t0 = time.perf_counter()
         result = train(plan.model_cfg, cfg, run, show_progress=False)

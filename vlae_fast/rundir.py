@@ -218,7 +218,7 @@ def settings_of(model_cfg, cfg: TrainConfig) -> dict:
          "free-bits": ",".join(f"{b:g}" for b in cfg.free_bits) if cfg.free_bits and any(cfg.free_bits) else None,
          # an option the recipe sets is written even at its "off" value, else --config would bring the recipe's back
          "kl-target": ",".join(f"{t:g}" for t in cfg.kl_target) if cfg.kl_target
-                      else ",".join("0" * len(dims)) if model_cfg.model == "vlae" else None,
+                      else ",".join(["0"] * len(dims)) if model_cfg.model == "vlae" else None,
          "kl-target-rate": cfg.kl_target_rate if cfg.kl_target else None,
          "kl-target-start": cfg.kl_target_start if cfg.kl_target and cfg.kl_target_start else None,
          "lr-decay": cfg.lr_decay if cfg.lr_decay != "none" else None,
